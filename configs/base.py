@@ -1,0 +1,84 @@
+"""Every configuration knob with its default. Presets and stage configs start here.
+
+Override any key on the command line: `--config.train.steps=100`.
+Tuples take repeated flags or a literal: `--config.data.train_files='(a.txt, b.jsonl)'`.
+"""
+import ml_collections
+
+
+def get_config():
+  config = ml_collections.ConfigDict()
+  config.seed = 0  # the root of every random key (init, dropout-free sampling, data order)
+
+  config.data = data = ml_collections.ConfigDict()
+  data.train_files = ()  # text/JSONL files or directories; empty = embedded corpus
+  data.eval_files = ()  # held-out files; empty = embedded corpus's validation split
+  data.text_format = 'auto'  # 'auto' (by extension), 'text' or 'jsonl'
+  data.text_field = 'text'  # the JSONL key (or TFDS feature) that holds a document
+  data.text_split = 'blank_line'  # text files: 'blank_line' blocks or one 'file' per document
+  data.tfds_name = ''  # read an existing TFDS dataset instead of files (with tfds_data_dir)
+  data.tfds_data_dir = ''  # where tfds_name lives; '' = WORKDIR/tfds for `prepare` output
+  data.train_split = 'train'  # TFDS split used for training
+  data.eval_split = 'validation'  # TFDS split used for evaluation
+  data.seq_len = 256  # tokens per packed training row
+  data.add_bos = True  # prefix each document with BOS (EOS always ends it)
+  data.num_threads = 2  # Grain reader threads (tokenisation runs there)
+  data.prefetch = 8  # Grain prefetch buffer, in elements
+
+  config.tokenizer = tok = ml_collections.ConfigDict()
+  tok.vocab_size = 8192  # SentencePiece pieces, specials and 256 byte pieces included
+  tok.model_type = 'bpe'  # 'bpe' or 'unigram'
+  tok.character_coverage = 0.0  # 0 = auto: <= half the vocab for single characters, rest bytes
+  tok.normalization = 'identity'  # 'identity' keeps decode(encode(s)) == s; or 'nfkc'
+  tok.max_sentences = 2_000_000  # lines sampled for training the tokenizer
+  tok.path = ''  # use this trained .model instead of WORKDIR/tokenizer/
+
+  config.model = model = ml_collections.ConfigDict()
+  model.num_layers = 6  # decoder blocks
+  model.d_model = 384  # residual width
+  model.num_heads = 6  # query heads
+  model.num_kv_heads = 6  # key/value heads (grouped-query attention when fewer)
+  model.head_dim = 0  # 0 = d_model // num_heads
+  model.mlp_dim = 1024  # SwiGLU hidden width
+  model.vocab_size = 8192  # must equal tokenizer.vocab_size
+  model.max_seq_len = 1024  # longest context the model accepts
+  model.tie_embeddings = False  # share the token embedding with the LM head
+  model.rope_theta = 10000.0  # rotary embedding base
+  model.norm_eps = 1e-5  # RMSNorm epsilon
+  model.init_std = 0.02  # normal init scale; output projections are scaled by depth
+  model.dtype = 'float32'  # compute dtype: float32 on CPU, bfloat16 on GPU/TPU
+  model.param_dtype = 'float32'  # parameters and optimizer state stay float32
+  model.attention = 'auto'  # 'auto', 'blocked' (exact, skips masked key blocks), 'xla', 'reference'
+  model.attention_block = 32  # query/key block size of the blocked attention
+  model.remat = 'none'  # per-block rematerialisation: 'none', 'full', 'dots'
+
+  config.train = train = ml_collections.ConfigDict()
+  train.steps = 2000  # optimizer updates
+  train.batch_size = 16  # global batch, in packed rows
+  train.microbatches = 1  # gradient accumulation: batch_size is split into this many
+  train.learning_rate = 1e-3  # peak learning rate
+  train.warmup_steps = 100  # linear warmup from 0 to the peak
+  train.min_lr_ratio = 0.1  # cosine decays to peak * this at the last step
+  train.weight_decay = 0.1  # AdamW decay; never applied to norms and biases
+  train.b1 = 0.9  # AdamW beta1
+  train.b2 = 0.95  # AdamW beta2
+  train.eps = 1e-8  # AdamW epsilon
+  train.grad_clip = 1.0  # global-norm clip; 0 disables
+  train.z_loss = 0.0  # weight of log(Z)^2; 1e-4 stabilises large runs
+  train.log_every = 10  # steps between metric lines
+  train.eval_every = 200  # steps between validation evaluations; 0 = only at the end
+  train.eval_batches = 8  # validation batches per evaluation
+  train.peak_tflops = 0.0  # per-device peak for MFU; 0 = measure a matmul at start
+
+  config.checkpoint = ckpt = ml_collections.ConfigDict()
+  ckpt.save_every_steps = 500  # 0 disables step-based saving
+  ckpt.save_every_minutes = 0.0  # 0 disables time-based saving
+  ckpt.keep = 3  # most recent checkpoints kept
+  ckpt.keep_period = 0  # also keep every step divisible by this forever; 0 = none
+  ckpt.async_save = True  # write in the background while training continues
+
+  config.mesh = mesh = ml_collections.ConfigDict()
+  mesh.data = -1  # data-parallel ways; -1 = all devices left over
+  mesh.fsdp = 1  # parameter-sharding ways (ZeRO-3 style)
+  mesh.tensor = 1  # tensor-parallel ways (heads and MLP split)
+  return config

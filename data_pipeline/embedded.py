@@ -1,0 +1,16 @@
+"""Paths of the corpus shipped in the repo (English fortunes + Chinese poetry)."""
+import os
+
+CORPUS_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), 'corpus')
+TRAIN_FILES = (os.path.join(CORPUS_DIR, 'train_en.jsonl'),
+               os.path.join(CORPUS_DIR, 'train_zh.jsonl'))
+VALIDATION_FILES = (os.path.join(CORPUS_DIR, 'validation_en.jsonl'),
+                    os.path.join(CORPUS_DIR, 'validation_zh.jsonl'))
+
+
+def train_files(config):
+  return tuple(config.data.train_files) or TRAIN_FILES
+
+
+def eval_files(config):
+  return tuple(config.data.eval_files) or VALIDATION_FILES

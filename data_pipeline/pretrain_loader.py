@@ -1,0 +1,90 @@
+"""Grain pipeline for pretraining: shuffle → shard → tokenize → pack → batch.
+
+Each process reads only its own share of the documents. The iterator is
+checkpointable (`get_state`/`set_state`): a resumed run continues at the exact
+next batch, without replaying the stream (Levanter's promise).
+"""
+import grain
+import numpy as np
+
+
+
+def _tokenize(record, tokenizer, text_field, add_bos):
+  text = record[text_field]
+  if isinstance(text, bytes):
+    text = text.decode('utf-8', errors='replace')
+  ids = tokenizer.encode(text) + [tokenizer.eos_id]
+  if add_bos:
+    ids = [tokenizer.bos_id] + ids
+  ids = np.asarray(ids, dtype=np.int32)
+  return {'inputs': ids[:-1], 'targets': ids[1:]}
+
+
+def _rename(packed):
+  """Packed features → the batch the model takes; segment id 0 marks padding."""
+  return {
+      'inputs': packed['inputs'],
+      'targets': packed['targets'],
+      'segment_ids': packed['inputs_segment_ids'].astype(np.int32),
+      'positions': packed['inputs_positions'].astype(np.int32),
+  }
+
+
+def documents_dataset(source, *, seed, shuffle, process_index, process_count, num_epochs):
+  """Record-level MapDataset: global shuffle (reseeded each epoch), then this
+  process's slice, so per epoch the processes' shares are disjoint and complete."""
+  ds = grain.MapDataset.source(source)
+  if shuffle:
+    ds = ds.shuffle(seed=seed)
+  ds = ds[process_index::process_count]
+  return ds.repeat(num_epochs)
+
+
+def make_dataset(source, tokenizer, *, seq_len, batch_size, seed, text_field='text',
+                 add_bos=True, shuffle=True, num_epochs=None, process_index=0,
+                 process_count=1, num_threads=2, prefetch=8, drop_remainder=True):
+  """An IterDataset of packed batches of `batch_size` rows (this process's share)."""
+  ds = documents_dataset(source, seed=seed, shuffle=shuffle, process_index=process_index,
+                         process_count=process_count, num_epochs=num_epochs)
+  ds = ds.map(lambda r: _tokenize(r, tokenizer, text_field, add_bos))
+  it = ds.to_iter_dataset(grain.ReadOptions(num_threads=num_threads,
+                                            prefetch_buffer_size=prefetch))
+  it = grain.experimental.ConcatThenSplitIterDataset(
+      it, length_struct={'inputs': seq_len, 'targets': seq_len})
+  it = it.map(_rename)
+  return it.batch(batch_size, drop_remainder=drop_remainder)
+
+
+def train_dataset(config, source, tokenizer, process_index, process_count):
+  batch = config.train.batch_size
+  if batch % process_count:
+    from configs.errors import UserError
+    raise UserError(f'train.batch_size={batch} is not divisible by the {process_count} '
+                    'processes; use a multiple')
+  return make_dataset(source, tokenizer, seq_len=config.data.seq_len,
+                      batch_size=batch // process_count, seed=config.seed,
+                      text_field=config.data.text_field, add_bos=config.data.add_bos,
+                      process_index=process_index, process_count=process_count,
+                      num_threads=config.data.num_threads, prefetch=config.data.prefetch)
+
+
+def eval_dataset(config, source, tokenizer, process_index, process_count, batch_size=None):
+  """One pass over the validation split in file order; the last batch may be short."""
+  batch = batch_size or config.train.batch_size
+  return make_dataset(source, tokenizer, seq_len=config.data.seq_len,
+                      batch_size=max(1, batch // process_count), seed=config.seed,
+                      text_field=config.data.text_field, add_bos=config.data.add_bos,
+                      shuffle=False, num_epochs=1, process_index=process_index,
+                      process_count=process_count, num_threads=config.data.num_threads,
+                      prefetch=config.data.prefetch, drop_remainder=False)
+
+
+def pad_batch(batch, batch_size):
+  """Pads a short final batch with segment id 0 rows (ignored by the loss)."""
+  rows = batch['inputs'].shape[0]
+  if rows == batch_size:
+    return batch
+  return {k: np.concatenate([v, np.zeros((batch_size - rows,) + v.shape[1:], v.dtype)])
+          for k, v in batch.items()}
+
+

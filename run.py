@@ -1,0 +1,108 @@
+"""Entry point: `python run.py <command> --config=configs/<file>.py --workdir=DIR`.
+
+Commands: tokenizer, prepare, pretrain, eval, generate, sft, reward, ppo, dpo,
+export, import, pipeline, launch, bench. Any config key can be overridden with
+`--config.section.key=value`. Mistakes a user can fix end with one `error:`
+line and exit code 2.
+"""
+import json
+import os
+import sys
+
+from absl import app
+from absl import flags
+from absl import logging
+from ml_collections import config_dict
+from ml_collections import config_flags
+
+from configs.errors import UserError
+from configs.validate import validate
+
+REPO = os.path.dirname(os.path.abspath(__file__))
+_CONFIG = config_flags.DEFINE_config_file(
+    'config', os.path.join(REPO, 'configs', 'base.py'), 'Config file (configs/<name>.py).')
+_WORKDIR = flags.DEFINE_string('workdir', None, 'Directory for everything a run produces.')
+_OVERWRITE = flags.DEFINE_bool('overwrite', False, 'tokenizer: retrain an existing tokenizer.')
+_RESUME = flags.DEFINE_bool('resume', True, 'Training stages: continue from the latest '
+                            'complete checkpoint in the workdir.')
+_JSON = flags.DEFINE_bool('json', False, 'Print one JSON object as the last stdout line.')
+_COORDINATOR = flags.DEFINE_string('coordinator_address', None, 'Multi-process: host:port of '
+                                   'process 0.')
+_NUM_PROCESSES = flags.DEFINE_integer('num_processes', None, 'Multi-process: process count.')
+_PROCESS_ID = flags.DEFINE_integer('process_id', None, 'Multi-process: this process index.')
+
+COMMANDS = ('tokenizer', 'prepare', 'pretrain', 'eval', 'generate', 'sft', 'reward', 'ppo',
+            'dpo', 'export', 'import', 'pipeline', 'launch', 'bench')
+
+
+def fail(message, code=2):
+  print(f'error: {message}', file=sys.stderr, flush=True)
+  sys.exit(code)
+
+
+def parse_flags(argv):
+  """absl's parser, but a bad flag is one line and exit 2 instead of usage + exit 1."""
+  try:
+    return flags.FLAGS(argv)
+  except (AttributeError, KeyError) as e:  # ml_collections: no such key
+    key = str(e).strip().strip('"\'').splitlines()[0]
+    fail(f'unknown config key {key!r} in a --config.* override; see configs/base.py for the keys')
+  except (flags.Error, TypeError, ValueError) as e:
+    message = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+    fail(f'{message}; see `python run.py --help` and configs/base.py for flags and config keys')
+
+
+def load_config():
+  config = _CONFIG.value
+  if not isinstance(config, config_dict.ConfigDict):
+    fail(f'cannot load --config={flags.FLAGS["config"].config_filename!r}; give a file in '
+         'configs/ such as configs/tiny.py')
+  validate(config)
+  return config
+
+
+def write_resolved_config(config, workdir):
+  os.makedirs(workdir, exist_ok=True)
+  tmp = os.path.join(workdir, 'config.json.tmp')
+  with open(tmp, 'w') as f:
+    f.write(config.to_json(indent=1))
+  os.replace(tmp, os.path.join(workdir, 'config.json'))
+
+
+def run_command(command, config, workdir):
+  """Dispatches; each stage writes WORKDIR/config.json once its own checks pass."""
+  from data_pipeline import commands as data_commands
+  if command == 'tokenizer':
+    data_commands.run_tokenizer(config, workdir, overwrite=_OVERWRITE.value)
+    write_resolved_config(config, workdir)
+  elif command == 'prepare':
+    data_commands.run_prepare(config, workdir)
+    write_resolved_config(config, workdir)
+  elif command == 'pipeline':
+    data_commands.run_tokenizer(config, workdir)
+    data_commands.run_prepare(config, workdir)
+    write_resolved_config(config, workdir)
+  else:
+    fail(f'command {command!r} is not built yet', code=3)
+
+
+def main(argv):
+  if len(argv) < 2 or argv[1] not in COMMANDS:
+    given = argv[1] if len(argv) > 1 else '(none)'
+    fail(f'unknown command {given}; choose one of: {", ".join(COMMANDS)}')
+  if len(argv) > 2:
+    fail(f'unexpected arguments {argv[2:]}; flags take the form --name=value')
+  command = argv[1]
+  try:
+    config = load_config()
+    if not _WORKDIR.value:
+      raise UserError('--workdir is required; give a directory for this run\'s outputs')
+    workdir = os.path.abspath(_WORKDIR.value)
+    run_command(command, config, workdir)
+  except UserError as e:
+    fail(str(e))
+
+
+if __name__ == '__main__':
+  logging.set_verbosity(logging.WARNING)
+  app.run(main, flags_parser=parse_flags)

@@ -1,0 +1,9 @@
+#!/usr/bin/env bash
+# Creates .venv and installs the pinned dependencies; `setup.sh test` adds the test tools.
+set -euo pipefail
+cd "$(dirname "$0")"
+python3 -m venv .venv
+.venv/bin/python -m pip install --quiet --disable-pip-version-check -r requirements.txt
+if [[ "${1:-}" == "test" ]]; then
+  .venv/bin/python -m pip install --quiet --disable-pip-version-check -r requirements-test.txt
+fi

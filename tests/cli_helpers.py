@@ -1,0 +1,13 @@
+"""Runs run.py in a subprocess, as a user would."""
+import os
+import subprocess
+import sys
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def run_cli(*args, env=None, timeout=600, cwd=REPO):
+  """Runs `python run.py ...` in a subprocess; returns CompletedProcess."""
+  full_env = dict(os.environ, **(env or {}))
+  return subprocess.run([sys.executable, os.path.join(REPO, 'run.py'), *args], cwd=cwd,
+                        env=full_env, capture_output=True, text=True, timeout=timeout)

@@ -1,0 +1,37 @@
+"""Shared fixtures: one tiny tokenizer and one prepared dataset per test session."""
+import os
+import sys
+
+import pytest
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, REPO)
+
+from configs import tiny  # noqa: E402
+from data_pipeline import documents, embedded, tfds_corpus  # noqa: E402
+from data_pipeline import tokenizer as tokenizer_lib  # noqa: E402
+
+
+def pytest_configure(config):
+  config.addinivalue_line('markers', 'slow: end-to-end, multi-process or resume tests')
+
+
+@pytest.fixture(scope='session')
+def tiny_config():
+  return tiny.get_config()
+
+
+@pytest.fixture(scope='session')
+def tiny_workdir(tmp_path_factory, tiny_config):
+  """A workdir with the tiny tokenizer and the embedded corpus prepared."""
+  workdir = str(tmp_path_factory.mktemp('tiny_workdir'))
+  tokenizer = tokenizer_lib.train_tokenizer(
+      documents.iter_documents(embedded.TRAIN_FILES, tiny_config.data), tiny_config.tokenizer)
+  tokenizer_lib.save_tokenizer(tokenizer, os.path.join(workdir, 'tokenizer'))
+  tfds_corpus.prepare(tiny_config, workdir)
+  return workdir
+
+
+@pytest.fixture(scope='session')
+def tiny_tokenizer(tiny_workdir):
+  return tokenizer_lib.load_tokenizer(os.path.join(tiny_workdir, 'tokenizer', 'tokenizer.model'))

@@ -1,0 +1,110 @@
+"""The CLI contract: commands, config overrides, and one-line errors with exit 2."""
+import json
+import os
+
+import pytest
+
+from tests.cli_helpers import run_cli
+
+
+def _assert_one_line_error(result, *fragments):
+  assert result.returncode == 2, result.stderr
+  lines = [l for l in result.stderr.strip().splitlines() if l.strip()]
+  assert len(lines) == 1 and lines[0].startswith('error: '), result.stderr
+  for fragment in fragments:
+    assert fragment in lines[0], lines[0]
+
+
+def _snapshot(directory):
+  out = {}
+  for root, _, names in os.walk(directory):
+    for name in names:
+      path = os.path.join(root, name)
+      with open(path, 'rb') as f:
+        out[os.path.relpath(path, directory)] = f.read()
+  return out
+
+
+@pytest.fixture(scope='module')
+def prepared_workdir(tmp_path_factory):
+  workdir = str(tmp_path_factory.mktemp('cli'))
+  result = run_cli('pipeline', '--config=configs/tiny.py', f'--workdir={workdir}')
+  assert result.returncode == 0, result.stderr
+  return workdir
+
+
+def test_pipeline_writes_tokenizer_dataset_and_config(prepared_workdir):
+  assert os.path.isfile(os.path.join(prepared_workdir, 'tokenizer', 'tokenizer.model'))
+  report = json.load(open(os.path.join(prepared_workdir, 'tokenizer', 'report.json')))
+  assert report['vocab_size'] == 2048
+  assert report['chars_per_token[validation_en.jsonl]'] > 2.0
+  assert report['chars_per_token[validation_zh.jsonl]'] > 1.1
+  config = json.load(open(os.path.join(prepared_workdir, 'config.json')))
+  assert config['model']['d_model'] == 128 and config['data']['seq_len'] == 128
+
+
+def test_override_reaches_the_resolved_config(prepared_workdir):
+  result = run_cli('prepare', '--config=configs/tiny.py', f'--workdir={prepared_workdir}',
+                   '--config.train.steps=7')
+  assert result.returncode == 0, result.stderr
+  assert json.load(open(os.path.join(prepared_workdir, 'config.json')))['train']['steps'] == 7
+
+
+BAD_INPUTS = [
+    (['--config.nope=1'], ['unknown config key', 'nope']),
+    (['--config.data.seq_len=abc'], ['seq_len']),
+    (['--config.data.seq_len=1'], ['data.seq_len=1', '>= 2']),
+    (['--config.data.seq_len=4096'], ['exceeds model.max_seq_len']),
+    (['--config.model.num_kv_heads=3'], ['not divisible by model.num_kv_heads']),
+    (['--config.tokenizer.vocab_size=100', '--config.model.vocab_size=100'], ['too small']),
+    (['--config.model.vocab_size=4096'], ['differs from tokenizer.vocab_size']),
+    (['--config.data.train_files=/no/such/file.txt'], ['does not exist']),
+    (['--config.data.tfds_name=no_such_dataset'], ['no_such_dataset']),
+    (['--config=configs/no_such_config.py'], ['cannot load --config']),
+    (['--config.model.dtype=float8'], ['model.dtype']),
+    (['--no_such_flag'], ['no_such_flag']),
+]
+
+
+@pytest.mark.parametrize('extra,fragments', BAD_INPUTS)
+def test_bad_input_is_one_line_exit_2_and_workdir_untouched(prepared_workdir, extra, fragments):
+  before = _snapshot(prepared_workdir)
+  args = ['prepare', f'--workdir={prepared_workdir}']
+  if not any(a.startswith('--config=') for a in extra):
+    args.append('--config=configs/tiny.py')
+  result = run_cli(*args, *extra)
+  _assert_one_line_error(result, *fragments)
+  assert _snapshot(prepared_workdir) == before
+
+
+def test_empty_corpus_and_tokenizer_vocab_too_large(tmp_path):
+  empty = tmp_path / 'empty.txt'
+  empty.write_text('\n\n')
+  result = run_cli('tokenizer', '--config=configs/tiny.py', f'--workdir={tmp_path / "w"}',
+                   f'--config.data.train_files={empty}')
+  _assert_one_line_error(result, 'holds no documents')
+  small = tmp_path / 'small.txt'
+  small.write_text('a small corpus\n\nwith two documents')
+  result = run_cli('tokenizer', '--config=configs/tiny.py', f'--workdir={tmp_path / "w"}',
+                   f'--config.data.train_files={small}')
+  _assert_one_line_error(result, 'does not fit this corpus')
+  assert not os.path.exists(tmp_path / 'w' / 'tokenizer' / 'tokenizer.model')
+
+
+def test_unknown_and_unbuilt_commands(tmp_path):
+  _assert_one_line_error(run_cli('frobnicate'), 'unknown command')
+  result = run_cli('ppo', f'--workdir={tmp_path}')
+  assert result.returncode not in (0, 2)
+  assert result.stderr.strip() == "error: command 'ppo' is not built yet"
+
+
+def test_missing_workdir_is_a_user_error():
+  _assert_one_line_error(run_cli('prepare', '--config=configs/tiny.py'), '--workdir')
+
+
+def test_prepare_refuses_a_workdir_built_from_other_files(prepared_workdir, tmp_path):
+  other = tmp_path / 'other.txt'
+  other.write_text('one document\n\nanother document')
+  result = run_cli('prepare', '--config=configs/tiny.py', f'--workdir={prepared_workdir}',
+                   f'--config.data.train_files={other}')
+  _assert_one_line_error(result, 'prepared from other files')
