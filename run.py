@@ -82,8 +82,21 @@ def run_command(command, config, workdir):
     data_commands.run_tokenizer(config, workdir)
     data_commands.run_prepare(config, workdir)
     write_resolved_config(config, workdir)
+    run_pretrain(config, workdir)
+  elif command == 'pretrain':
+    run_pretrain(config, workdir)
   else:
     fail(f'command {command!r} is not built yet', code=3)
+
+
+def run_pretrain(config, workdir):
+  from pretrain import distributed
+  distributed.initialize(_COORDINATOR.value, _NUM_PROCESSES.value, _PROCESS_ID.value)
+  from pretrain import trainer
+  import jax
+  if jax.process_index() == 0:
+    write_resolved_config(config, workdir)
+  trainer.run_pretrain(config, workdir, resume=_RESUME.value)
 
 
 def main(argv):

@@ -13,10 +13,10 @@ def get_config():
   config.model.mlp_dim = 384
   config.model.max_seq_len = 256
   config.data.seq_len = 128
-  config.train.steps = 300
+  config.train.steps = 1000
   config.train.batch_size = 16
   config.train.learning_rate = 3e-3
-  config.train.warmup_steps = 30
-  config.train.eval_every = 100
-  config.checkpoint.save_every_steps = 100
+  config.train.warmup_steps = 50
+  config.train.eval_every = 250
+  config.checkpoint.save_every_steps = 250
   return config

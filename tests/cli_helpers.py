@@ -8,6 +8,8 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 def run_cli(*args, env=None, timeout=600, cwd=REPO):
   """Runs `python run.py ...` in a subprocess; returns CompletedProcess."""
-  full_env = dict(os.environ, **(env or {}))
+  full_env = dict(os.environ)
+  full_env.pop('XLA_FLAGS', None)  # the 8 simulated devices are for in-process mesh tests
+  full_env.update(env or {})
   return subprocess.run([sys.executable, os.path.join(REPO, 'run.py'), *args], cwd=cwd,
                         env=full_env, capture_output=True, text=True, timeout=timeout)

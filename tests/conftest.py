@@ -2,6 +2,10 @@
 import os
 import sys
 
+# Mesh tests need 8 devices; the flag must be set before jax is first imported.
+os.environ['XLA_FLAGS'] = (os.environ.get('XLA_FLAGS', '') +
+                           ' --xla_force_host_platform_device_count=8').strip()
+
 import pytest
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))

@@ -1,0 +1,178 @@
+"""Decoder-only Transformer (LLaMA style) in Flax NNX.
+
+token embedding → N × [RMSNorm → GQA attention with RoPE → residual;
+RMSNorm → SwiGLU MLP → residual] → RMSNorm → LM head.
+Activations stay 2-D, (batch·length, d_model), around the dense layers: on CPU
+the 3-D↔2-D transposes XLA inserts otherwise cost more than the attention.
+Params are created in `param_dtype` (float32); matmuls run in `dtype`.
+"""
+import jax
+import jax.numpy as jnp
+from flax import nnx
+
+from model import attention as attention_lib
+from model.partitioning import constrain
+
+
+def _param(rngs, shape, axes, std, dtype):
+  init = jax.random.normal(rngs.params(), shape, dtype) * std
+  return nnx.Param(init, logical_axes=axes)
+
+
+def head_dim(cfg):
+  return cfg.head_dim or cfg.d_model // cfg.num_heads
+
+
+def rope(x, positions, theta):
+  """Rotary embedding, half-split layout (as LLaMA in Hugging Face)."""
+  d = x.shape[-1]
+  freq = theta ** (-jnp.arange(0, d // 2, dtype=jnp.float32) * 2.0 / d)
+  angle = positions[..., None].astype(jnp.float32) * freq  # (B, T, D/2)
+  sin, cos = jnp.sin(angle)[:, :, None, :], jnp.cos(angle)[:, :, None, :]
+  x1, x2 = jnp.split(x.astype(jnp.float32), 2, axis=-1)
+  return jnp.concatenate([x1 * cos - x2 * sin, x2 * cos + x1 * sin], axis=-1).astype(x.dtype)
+
+
+class RMSNorm(nnx.Module):
+
+  def __init__(self, dim, eps, param_dtype):
+    self.scale = nnx.Param(jnp.ones((dim,), param_dtype), logical_axes=('embed',))
+    self.eps = eps
+
+  def __call__(self, x):
+    xf = x.astype(jnp.float32)
+    normed = xf * jax.lax.rsqrt(jnp.mean(xf * xf, axis=-1, keepdims=True) + self.eps)
+    return (normed * self.scale[...].astype(jnp.float32)).astype(x.dtype)
+
+
+class Attention(nnx.Module):
+
+  def __init__(self, cfg, rngs):
+    d, h, k, hd = cfg.d_model, cfg.num_heads, cfg.num_kv_heads, head_dim(cfg)
+    pd, std = jnp.dtype(cfg.param_dtype), cfg.init_std
+    out_std = std / (2 * cfg.num_layers) ** 0.5  # GPT-2: residual writes scaled by depth
+    self.wq = _param(rngs, (d, h, hd), ('embed', 'heads', 'head_dim'), std, pd)
+    self.wk = _param(rngs, (d, k, hd), ('embed', 'kv_heads', 'head_dim'), std, pd)
+    self.wv = _param(rngs, (d, k, hd), ('embed', 'kv_heads', 'head_dim'), std, pd)
+    self.wo = _param(rngs, (h, hd, d), ('heads', 'head_dim', 'embed'), out_std, pd)
+    self.cfg = cfg
+
+  def project_qkv(self, x, batch, length, positions):
+    cfg, dtype = self.cfg, jnp.dtype(self.cfg.dtype)
+    d, h, k, hd = cfg.d_model, cfg.num_heads, cfg.num_kv_heads, head_dim(cfg)
+    q = (x @ self.wq[...].astype(dtype).reshape(d, h * hd)).reshape(batch, length, h, hd)
+    kk = (x @ self.wk[...].astype(dtype).reshape(d, k * hd)).reshape(batch, length, k, hd)
+    v = (x @ self.wv[...].astype(dtype).reshape(d, k * hd)).reshape(batch, length, k, hd)
+    q = constrain(rope(q, positions, cfg.rope_theta), 'batch', 'length', 'act_heads', None)
+    kk = constrain(rope(kk, positions, cfg.rope_theta), 'batch', 'length', 'act_kv_heads', None)
+    v = constrain(v, 'batch', 'length', 'act_kv_heads', None)
+    return q, kk, v
+
+  def project_out(self, out):
+    cfg, dtype = self.cfg, jnp.dtype(self.cfg.dtype)
+    b, t, h, hd = out.shape
+    return out.reshape(b * t, h * hd) @ self.wo[...].astype(dtype).reshape(h * hd, cfg.d_model)
+
+  def __call__(self, x, batch, length, positions, mask):
+    q, k, v = self.project_qkv(x, batch, length, positions)
+    out = attention_lib.attend(q, k, v, mask, self.cfg.attention, self.cfg.attention_block)
+    return self.project_out(out)
+
+
+class MLP(nnx.Module):
+  """SwiGLU: down(silu(x·gate) * (x·up))."""
+
+  def __init__(self, cfg, rngs):
+    d, f, pd, std = cfg.d_model, cfg.mlp_dim, jnp.dtype(cfg.param_dtype), cfg.init_std
+    self.w_gate = _param(rngs, (d, f), ('embed', 'mlp'), std, pd)
+    self.w_up = _param(rngs, (d, f), ('embed', 'mlp'), std, pd)
+    self.w_down = _param(rngs, (f, d), ('mlp', 'embed'), std / (2 * cfg.num_layers) ** 0.5, pd)
+    self.dtype = jnp.dtype(cfg.dtype)
+
+  def __call__(self, x):
+    gate = constrain(x @ self.w_gate[...].astype(self.dtype), 'batch', 'act_mlp')
+    up = constrain(x @ self.w_up[...].astype(self.dtype), 'batch', 'act_mlp')
+    return (jax.nn.silu(gate) * up) @ self.w_down[...].astype(self.dtype)
+
+
+class Block(nnx.Module):
+
+  def __init__(self, cfg, rngs):
+    pd = jnp.dtype(cfg.param_dtype)
+    self.attn_norm = RMSNorm(cfg.d_model, cfg.norm_eps, pd)
+    self.attn = Attention(cfg, rngs)
+    self.mlp_norm = RMSNorm(cfg.d_model, cfg.norm_eps, pd)
+    self.mlp = MLP(cfg, rngs)
+
+  def __call__(self, x, batch, length, positions, mask):
+    x = x + self.attn(self.attn_norm(x), batch, length, positions, mask)
+    x = constrain(x, 'batch', 'act_embed')
+    x = x + self.mlp(self.mlp_norm(x))
+    return constrain(x, 'batch', 'act_embed')
+
+
+REMAT_POLICIES = {
+    'full': None,  # recompute everything in the backward pass
+    'dots': jax.checkpoint_policies.checkpoint_dots_with_no_batch_dims,
+}
+
+
+class Transformer(nnx.Module):
+
+  def __init__(self, cfg, rngs):
+    pd = jnp.dtype(cfg.param_dtype)
+    self.cfg = cfg
+    self.embed = _param(rngs, (cfg.vocab_size, cfg.d_model), ('vocab', 'embed'), cfg.init_std, pd)
+    for i in range(cfg.num_layers):  # named attributes: checkpoint keys stay strings
+      setattr(self, f'block_{i}', Block(cfg, rngs))
+    self.final_norm = RMSNorm(cfg.d_model, cfg.norm_eps, pd)
+    if not cfg.tie_embeddings:
+      self.lm_head = _param(rngs, (cfg.d_model, cfg.vocab_size), ('embed', 'vocab'),
+                            cfg.init_std, pd)
+
+  def blocks(self):
+    return [getattr(self, f'block_{i}') for i in range(self.cfg.num_layers)]
+
+  def embed_tokens(self, tokens):
+    dtype = jnp.dtype(self.cfg.dtype)
+    b, t = tokens.shape
+    x = jnp.take(self.embed[...], tokens.reshape(-1), axis=0).astype(dtype)
+    return constrain(x, 'batch', 'act_embed'), b, t
+
+  def logits(self, x, batch, length):
+    dtype = jnp.dtype(self.cfg.dtype)
+    x = self.final_norm(x)
+    head = self.embed[...].T if self.cfg.tie_embeddings else self.lm_head[...]
+    logits = (x @ head.astype(dtype)).reshape(batch, length, self.cfg.vocab_size)
+    return constrain(logits, 'batch', 'length', 'act_vocab')
+
+  def __call__(self, tokens, positions, segment_ids):
+    """tokens/positions/segment_ids: (B, T) int32 → logits (B, T, vocab)."""
+    x, b, t = self.embed_tokens(tokens)
+    index = jnp.broadcast_to(jnp.arange(t, dtype=jnp.int32), (b, t))
+    mask = attention_lib.make_mask(segment_ids, segment_ids, index, index)
+    for block in self.blocks():
+      if self.cfg.remat == 'none':
+        x = block(x, b, t, positions, mask)
+      else:
+        x = nnx.remat(lambda blk, h: blk(h, b, t, positions, mask),
+                      policy=REMAT_POLICIES[self.cfg.remat])(block, x)
+    return self.logits(x, b, t)
+
+
+def abstract_model(cfg):
+  """The model with ShapeDtypeStruct leaves: shapes and axes, no memory."""
+  return nnx.eval_shape(lambda: Transformer(cfg, rngs=nnx.Rngs(0)))
+
+
+def logical_axes(abstract):
+  """Pure-dict tree of each param's logical axes."""
+  state = nnx.state(abstract, nnx.Param)
+  axes = jax.tree.map(lambda v: v.get_metadata()['logical_axes'], state,
+                      is_leaf=lambda v: isinstance(v, nnx.Variable))
+  return nnx.to_pure_dict(axes)
+
+
+def count_params(cfg):
+  state = nnx.state(abstract_model(cfg), nnx.Param)
+  return sum(int(jnp.prod(jnp.array(x.shape))) for x in jax.tree.leaves(nnx.to_pure_dict(state)))

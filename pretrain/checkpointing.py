@@ -1,0 +1,117 @@
+"""Orbax checkpoints: train state, per-process data-iterator state, metadata.
+
+A step directory appears under WORKDIR/checkpoints/ only once every item is
+written (Orbax finalises by atomic rename), so only complete checkpoints are
+ever listed or restored.
+"""
+import json
+import os
+import subprocess
+import time
+
+from absl import logging
+import grain
+import orbax.checkpoint as ocp
+
+from configs.errors import UserError
+
+# Fields that change the function or the shapes of the parameters. Anything else
+# (dtype, attention kernel, remat, steps, logging) may change on resume.
+ARCHITECTURE_FIELDS = ('num_layers', 'd_model', 'num_heads', 'num_kv_heads', 'head_dim',
+                       'mlp_dim', 'vocab_size', 'tie_embeddings', 'rope_theta', 'norm_eps')
+
+
+class _FrozenIteratorState:
+  """The iterator state captured at save time; the async writer may run later,
+  when the live iterator has already moved on."""
+
+  def __init__(self, state):
+    self._state = json.dumps(state).encode()
+
+  def get_state(self):
+    return self._state
+
+
+class _StateReceiver:
+  def set_state(self, state):
+    self.state = json.loads(state.decode())
+
+  def start_prefetch(self):
+    pass
+
+
+def make_manager(workdir, ckpt_cfg):
+  options = ocp.CheckpointManagerOptions(
+      max_to_keep=ckpt_cfg.keep,
+      keep_period=ckpt_cfg.keep_period or None,
+      enable_async_checkpointing=ckpt_cfg.async_save,
+      create=True)
+  return ocp.CheckpointManager(os.path.join(workdir, 'checkpoints'), options=options,
+                               item_names=('state', 'data', 'meta'))
+
+
+def git_commit():
+  try:
+    out = subprocess.run(['git', 'rev-parse', 'HEAD'], capture_output=True, text=True,
+                         cwd=os.path.dirname(os.path.abspath(__file__)), timeout=5)
+    return out.stdout.strip() or None
+  except (OSError, subprocess.SubprocessError):
+    return None
+
+
+def metadata(config, tokenizer, mesh):
+  return {'config': json.loads(config.to_json()), 'tokenizer_fingerprint': tokenizer.fingerprint,
+          'git_commit': git_commit(), 'wall_time': time.time(),
+          'mesh': dict(mesh.shape)}
+
+
+def save(manager, step, state, iterator_state, meta, force=False):
+  return manager.save(step, args=ocp.args.Composite(
+      state=ocp.args.StandardSave(state),
+      data=grain.checkpoint.CheckpointSave(_FrozenIteratorState(iterator_state)),
+      meta=ocp.args.JsonSave(meta)), force=force)
+
+
+def restore(manager, step, abstract_state):
+  """(state, this process's iterator state or None, metadata)."""
+  receiver = _StateReceiver()
+  try:
+    restored = manager.restore(step, args=ocp.args.Composite(
+        state=ocp.args.StandardRestore(abstract_state),
+        data=grain.checkpoint.CheckpointRestore(receiver),
+        meta=ocp.args.JsonRestore()))
+    return restored['state'], receiver.state, restored['meta']
+  except ValueError as e:
+    if 'process_' not in str(e):
+      raise
+  # Written by a different number of processes: params restore fine, the data
+  # streams cannot map one-to-one, so the data pipeline restarts its epoch.
+  restored = manager.restore(step, args=ocp.args.Composite(
+      state=ocp.args.StandardRestore(abstract_state), meta=ocp.args.JsonRestore()))
+  logging.warning('checkpoint %d was written by another process count; the data iterator '
+                  'starts from the beginning of its stream', step)
+  return restored['state'], None, restored['meta']
+
+
+def check_compatible(meta, config, tokenizer):
+  saved = meta['config']['model']
+  for field in ARCHITECTURE_FIELDS:
+    if saved.get(field) != config.model[field]:
+      raise UserError(f'model.{field}={config.model[field]} but the checkpoint was trained with '
+                      f'{saved.get(field)}; use the checkpoint\'s value, a new workdir, or '
+                      '--noresume')
+  if meta.get('tokenizer_fingerprint') not in (None, tokenizer.fingerprint):
+    raise UserError('the tokenizer differs from the one the checkpoint was trained with; '
+                    'restore the original tokenizer or use a new workdir')
+  changed = [f'{section}.{key}: {meta["config"][section][key]!r} -> {config[section][key]!r}'
+             for section in ('train', 'data', 'checkpoint', 'model')
+             for key in config[section]
+             if key in meta['config'].get(section, {})
+             and meta['config'][section][key] != _plain(config[section][key])]
+  for change in changed:
+    logging.warning('resume with a changed setting: %s', change)
+  return changed
+
+
+def _plain(value):
+  return list(value) if isinstance(value, tuple) else value

@@ -1,0 +1,106 @@
+"""The train step: sharded = unsharded, accumulation = one big batch."""
+import jax
+import numpy as np
+import pytest
+
+from configs import tiny
+from pretrain import mesh as mesh_lib
+from pretrain import optimizer
+from pretrain import train_state
+from pretrain import train_step
+
+
+def _config(**mesh):
+  config = tiny.get_config()
+  config.train.batch_size = 8
+  config.data.seq_len = 64
+  config.train.warmup_steps = 0  # a non-zero learning rate at the first step
+  for axis, size in {'data': 1, 'fsdp': 1, 'tensor': 1, **mesh}.items():
+    config.mesh[axis] = size
+  return config
+
+
+def _batch(config, seed=0):
+  rng = np.random.default_rng(seed)
+  b, t = config.train.batch_size, config.data.seq_len
+  tokens = rng.integers(8, config.model.vocab_size, (b, t + 1)).astype(np.int32)
+  # Two documents per row, and padding (segment 0) at the end of the last row.
+  segment_ids = np.ones((b, t), np.int32)
+  segment_ids[:, t // 3:] = 2
+  segment_ids[-1, -5:] = 0
+  positions = np.concatenate([np.arange(t // 3), np.arange(t - t // 3)])[None].repeat(b, 0)
+  return {'inputs': tokens[:, :-1], 'targets': tokens[:, 1:], 'segment_ids': segment_ids,
+          'positions': positions.astype(np.int32)}
+
+
+def _one_step(config, devices, batch):
+  mesh = mesh_lib.make_mesh(config.mesh, devices)
+  spec = train_state.ModelSpec(config.model, mesh)
+  tx = optimizer.make_optimizer(config.train)
+  state, shardings = train_state.create_train_state(spec, tx, config.seed)
+  step = train_step.make_train_step(spec, tx, optimizer.learning_rate_schedule(config.train),
+                                    shardings, config.train)
+  grads, ce, count = jax.jit(lambda p, b: train_step.gradients(
+      spec, p, b, config.train.microbatches, 0.0))(state['params'], batch)
+  new_state, metrics = step(state, batch)
+  return (jax.device_get(new_state['params']), jax.device_get(metrics),
+          jax.device_get(grads), float(ce / count))
+
+
+def _assert_trees_close(a, b, rtol):
+  """Per tensor, max |a - b| <= rtol * max |a|.
+
+  Relative to each tensor's scale, not elementwise: a different reduction order
+  (sharded sums) moves near-zero entries by more than 1e-5 of themselves.
+  """
+  for (path, x), y in zip(jax.tree_util.tree_leaves_with_path(a), jax.tree.leaves(b)):
+    scale = np.abs(x).max()
+    assert np.abs(x - y).max() <= rtol * scale, (path, np.abs(x - y).max(), scale)
+
+
+def _assert_updates_agree(a, b, lr):
+  diffs = np.concatenate([np.abs(x - y).ravel() for x, y in zip(jax.tree.leaves(a),
+                                                                jax.tree.leaves(b))])
+  assert np.mean(diffs <= 1e-3 * lr) >= 0.999
+  assert diffs.max() <= 2 * lr  # at worst one entry's Adam step flips sign
+
+
+def test_sharded_step_equals_single_device():
+  assert len(jax.devices()) == 8
+  single = _config()
+  sharded = _config(data=2, fsdp=2, tensor=2)
+  batch = _batch(single)
+  p1, m1, g1, l1 = _one_step(single, jax.devices()[:1], batch)
+  p8, m8, g8, l8 = _one_step(sharded, jax.devices(), batch)
+  assert abs(m1['loss'] - m8['loss']) <= 1e-5 * abs(m1['loss'])
+  assert abs(l1 - l8) <= 1e-5 * l1
+  _assert_trees_close(g1, g8, rtol=1e-5)
+  # Adam divides by sqrt(v): a gradient entry near 0 turns reduction-order noise
+  # into a visible step, so updated params agree to a fraction of one lr step.
+  _assert_updates_agree(p1, p8, single.train.learning_rate)
+  assert m1['tokens'] == 8 * 64 - 5
+
+
+def test_four_microbatches_equal_one_batch():
+  batch = _batch(_config())
+  whole = _config()
+  accumulated = _config()
+  accumulated.train.microbatches = 4
+  p1, m1, g1, _ = _one_step(whole, jax.devices()[:1], batch)
+  p4, m4, g4, _ = _one_step(accumulated, jax.devices()[:1], batch)
+  assert abs(m1['loss'] - m4['loss']) <= 1e-6 * m1['loss']
+  _assert_trees_close(g1, g4, rtol=1e-5)
+  _assert_updates_agree(p1, p4, whole.train.learning_rate)
+
+
+def test_initial_loss_is_near_uniform():
+  _, metrics, _, _ = _one_step(_config(), jax.devices()[:1], _batch(_config()))
+  assert abs(metrics['loss'] - np.log(2048)) < 0.1
+
+
+def test_mesh_that_does_not_divide_devices_is_a_user_error():
+  from configs.errors import UserError
+  with pytest.raises(UserError, match='needs 12 devices'):
+    mesh_lib.make_mesh(_config(data=3, fsdp=2, tensor=2).mesh, jax.devices())
+  with pytest.raises(UserError, match='does not divide 8 devices'):
+    mesh_lib.make_mesh(_config(data=-1, fsdp=3).mesh, jax.devices())
