@@ -26,13 +26,15 @@ _OVERWRITE = flags.DEFINE_bool('overwrite', False, 'tokenizer: retrain an existi
 _RESUME = flags.DEFINE_bool('resume', True, 'Training stages: continue from the latest '
                             'complete checkpoint in the workdir.')
 _JSON = flags.DEFINE_bool('json', False, 'Print one JSON object as the last stdout line.')
+_NUM_DEVICES = flags.DEFINE_integer('num_devices', None, 'describe: devices to plan the mesh '
+                                    'for (default: this machine\'s).')
 _COORDINATOR = flags.DEFINE_string('coordinator_address', None, 'Multi-process: host:port of '
                                    'process 0.')
 _NUM_PROCESSES = flags.DEFINE_integer('num_processes', None, 'Multi-process: process count.')
 _PROCESS_ID = flags.DEFINE_integer('process_id', None, 'Multi-process: this process index.')
 
 COMMANDS = ('tokenizer', 'prepare', 'pretrain', 'eval', 'generate', 'sft', 'reward', 'ppo',
-            'dpo', 'export', 'import', 'pipeline', 'launch', 'bench')
+            'dpo', 'export', 'import', 'pipeline', 'launch', 'bench', 'describe')
 
 
 def fail(message, code=2):
@@ -85,6 +87,12 @@ def run_command(command, config, workdir):
     run_pretrain(config, workdir)
   elif command == 'pretrain':
     run_pretrain(config, workdir)
+  elif command == 'describe':
+    from pretrain import describe
+    report = describe.describe(config, _NUM_DEVICES.value)
+    print(describe.format_report(report))
+    if _JSON.value:
+      print(json.dumps(report))
   else:
     fail(f'command {command!r} is not built yet', code=3)
 
@@ -108,6 +116,9 @@ def main(argv):
   command = argv[1]
   try:
     config = load_config()
+    if command == 'describe':  # reads nothing, writes nothing
+      run_command(command, config, None)
+      return
     if not _WORKDIR.value:
       raise UserError('--workdir is required; give a directory for this run\'s outputs')
     workdir = os.path.abspath(_WORKDIR.value)

@@ -79,6 +79,7 @@ class Pretrainer:
     self.manager = checkpointing.make_manager(workdir, config.checkpoint)
     self.meta = checkpointing.metadata(config, self.tokenizer, self.mesh)
     self.state, self.shardings = self._restore_or_init(resume)
+    self.progress = None
 
   def _restore_or_init(self, resume):
     latest = self.manager.latest_step() if resume else None
@@ -102,6 +103,14 @@ class Pretrainer:
                        dict(self.meta, wall_time=time.time()), force=force)
 
   def run(self):
+    try:
+      return self._loop()
+    finally:  # on errors too: finish pending saves, and leave the error line last
+      self.manager.wait_until_finished()
+      if self.progress is not None:
+        self.progress.close()
+
+  def _loop(self):
     config, train_cfg = self.config, self.config.train
     step_fn = train_step.make_train_step(self.spec, self.tx, self.schedule, self.shardings,
                                          train_cfg)
@@ -114,8 +123,9 @@ class Pretrainer:
     stop = StopRequest()
     start = int(jax.device_get(self.state['step']))
     last_save_time = time.time()
-    progress = tqdm(total=train_cfg.steps, initial=start, disable=not self.is_primary,
-                    desc='pretrain', unit='step', dynamic_ncols=True, mininterval=1.0)
+    progress = self.progress = tqdm(
+        total=train_cfg.steps, initial=start, disable=not self.is_primary, desc='pretrain',
+        unit='step', dynamic_ncols=True, mininterval=1.0)
     window_start, window_steps = time.perf_counter(), 0
     eval_metrics = None
     step = start
