@@ -28,6 +28,16 @@ _RESUME = flags.DEFINE_bool('resume', True, 'Training stages: continue from the 
 _JSON = flags.DEFINE_bool('json', False, 'Print one JSON object as the last stdout line.')
 _NUM_DEVICES = flags.DEFINE_integer('num_devices', None, 'describe: devices to plan the mesh '
                                     'for (default: this machine\'s).')
+_CHECKPOINT = flags.DEFINE_string('checkpoint', None, 'eval/generate: a checkpoint step '
+                                  'directory instead of the workdir\'s latest.')
+_STEP = flags.DEFINE_integer('step', None, 'eval/generate: use this step of the workdir.')
+_EVAL_FILES = flags.DEFINE_list('eval_files', [], 'eval: text/JSONL files, each reported '
+                                'separately (default: the validation split).')
+_SEQ_LEN = flags.DEFINE_integer('seq_len', None, 'eval: window length (default: training\'s).')
+_STRIDE = flags.DEFINE_integer('stride', None, 'eval: window advance (default: seq_len).')
+_BATCH_SIZE = flags.DEFINE_integer('batch_size', 8, 'eval: windows per batch.')
+_MAX_BATCHES = flags.DEFINE_integer('max_batches', 0, 'eval: stop after this many batches '
+                                    '(0 = all).')
 _COORDINATOR = flags.DEFINE_string('coordinator_address', None, 'Multi-process: host:port of '
                                    'process 0.')
 _NUM_PROCESSES = flags.DEFINE_integer('num_processes', None, 'Multi-process: process count.')
@@ -87,6 +97,15 @@ def run_command(command, config, workdir):
     run_pretrain(config, workdir)
   elif command == 'pretrain':
     run_pretrain(config, workdir)
+  elif command == 'eval':
+    from pretrain import evaluate
+    summary = evaluate.run_eval(
+        config, workdir, checkpoint=_CHECKPOINT.value, step=_STEP.value,
+        eval_files=_EVAL_FILES.value, seq_len=_SEQ_LEN.value, stride=_STRIDE.value,
+        batch_size=_BATCH_SIZE.value, max_batches=_MAX_BATCHES.value)
+    print(evaluate.format_summary(summary))
+    if _JSON.value:
+      print(json.dumps(summary))
   elif command == 'describe':
     from pretrain import describe
     report = describe.describe(config, _NUM_DEVICES.value)

@@ -6,7 +6,9 @@ Per step: next local batch → global jax.Array → train step → metrics. Ever
 finish the current step, save, wait for the write, and exit 0.
 """
 import math
+import os
 import signal
+import sys
 import time
 
 from absl import logging
@@ -82,23 +84,48 @@ class Pretrainer:
     self.progress = None
 
   def _restore_or_init(self, resume):
-    latest = self.manager.latest_step() if resume else None
-    if latest is None:
-      if not resume and self.manager.latest_step() is not None:
-        logging.warning('--noresume: starting fresh; existing checkpoints will be replaced as '
-                        'new ones are saved')
-      return train_state.create_train_state(self.spec, self.tx, self.config.seed)
+    steps = sorted(self.manager.all_steps(), reverse=True) if resume else []
+    if not resume and self.manager.latest_step() is not None:
+      logging.warning('--noresume: starting fresh; existing checkpoints will be replaced as '
+                      'new ones are saved')
+    for step in steps:  # newest first; an unreadable one falls back to the one before
+      try:
+        restored = self._restore(step)
+      except UserError:
+        raise
+      except Exception as e:  # Orbax/TensorStore raise many types for damaged files
+        logging.warning('checkpoint %d is unreadable (%s); trying the previous one', step,
+                        str(e).splitlines()[0][:200])
+        print(f'pretrain: warning: checkpoint {step} is unreadable; set aside as '
+              f'{self._set_aside(step, "unreadable")}; trying the previous one', flush=True)
+        continue
+      print(f'pretrain: resumed from step {step} in {self.workdir}/checkpoints', flush=True)
+      return restored
+    return train_state.create_train_state(self.spec, self.tx, self.config.seed)
+
+  def _restore(self, step):
     abstract, shardings = train_state.abstract_train_state(self.spec, self.tx)
-    peek = self.manager.restore(latest, args=checkpointing.ocp.args.Composite(
+    meta = self.manager.restore(step, args=checkpointing.ocp.args.Composite(
         meta=checkpointing.ocp.args.JsonRestore()))['meta']
-    checkpointing.check_compatible(peek, self.config, self.tokenizer)
-    state, data_state, _ = checkpointing.restore(self.manager, latest, abstract)
+    checkpointing.check_compatible(meta, self.config, self.tokenizer)
+    state, data_state, _ = checkpointing.restore(self.manager, step, abstract)
     if data_state is not None:
       self.data_iter.set_state(data_state)
-    print(f'pretrain: resumed from step {latest} in {self.workdir}/checkpoints', flush=True)
     return state, shardings
 
+  def _set_aside(self, step, reason):
+    """Renames a step directory out of Orbax's view, keeping its files for the user."""
+    path = os.path.join(self.workdir, 'checkpoints', str(step))
+    target = f'{path}.{reason}-{int(time.time())}'
+    if jax.process_index() == 0:
+      os.rename(path, target)
+    self.manager.reload()
+    return target
+
   def save(self, step, force=False):
+    if step in self.manager.all_steps():  # e.g. --noresume over an older run's steps
+      self.manager.wait_until_finished()
+      self._set_aside(step, 'replaced')
     checkpointing.save(self.manager, step, self.state, self.data_iter.get_state(),
                        dict(self.meta, wall_time=time.time()), force=force)
 
@@ -125,7 +152,8 @@ class Pretrainer:
     last_save_time = time.time()
     progress = self.progress = tqdm(
         total=train_cfg.steps, initial=start, disable=not self.is_primary, desc='pretrain',
-        unit='step', dynamic_ncols=True, mininterval=1.0)
+        unit='step', dynamic_ncols=True,
+        mininterval=1.0 if sys.stderr.isatty() else 30.0)  # logs, not a screen: fewer lines
     window_start, window_steps = time.perf_counter(), 0
     eval_metrics = None
     step = start

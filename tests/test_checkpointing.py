@@ -1,0 +1,64 @@
+"""Checkpoints restore onto another mesh; a damaged latest one is skipped."""
+import os
+import shutil
+
+import jax
+import numpy as np
+
+from configs import tiny
+from pretrain import checkpointing
+from pretrain import mesh as mesh_lib
+from pretrain import optimizer
+from pretrain import train_state
+from tests.cli_helpers import run_cli
+
+
+def _setup(mesh_axes, devices):
+  config = tiny.get_config()
+  for axis, size in {'data': 1, 'fsdp': 1, 'tensor': 1, **mesh_axes}.items():
+    config.mesh[axis] = size
+  mesh = mesh_lib.make_mesh(config.mesh, devices)
+  spec = train_state.ModelSpec(config.model, mesh)
+  return config, spec, optimizer.make_optimizer(config.train)
+
+
+def test_restore_onto_a_different_mesh(tmp_path):
+  config, spec, tx = _setup({'fsdp': 4, 'data': 2}, jax.devices())
+  state, _ = train_state.create_train_state(spec, tx, seed=3)
+  manager = checkpointing.make_manager(str(tmp_path), config.checkpoint)
+  checkpointing.save(manager, 1, state, {'next': 1}, {'config': {}}, force=True)
+  manager.wait_until_finished()
+  saved = jax.device_get(state)
+  for axes, devices in [({'data': 2, 'tensor': 2}, jax.devices()[:4]),
+                        ({}, jax.devices()[:1]),
+                        ({'data': 2, 'fsdp': 2, 'tensor': 2}, jax.devices())]:
+    _, other_spec, other_tx = _setup(axes, devices)
+    abstract, _ = train_state.abstract_train_state(other_spec, other_tx)
+    restored, data_state, _ = checkpointing.restore(manager, 1, abstract)
+    assert data_state == {'next': 1}
+    for x, y in zip(jax.tree.leaves(saved), jax.tree.leaves(restored)):
+      np.testing.assert_array_equal(x, np.asarray(y))
+    wq = restored['params']['block_0']['attn']['wq']
+    assert wq.sharding.mesh.shape == other_spec.mesh.shape
+  manager.close()
+
+
+def test_damaged_latest_checkpoint_falls_back_to_the_previous(tiny_workdir, tmp_path):
+  workdir = tmp_path / 'w'
+  workdir.mkdir()
+  for part in ('tokenizer', 'tfds'):
+    shutil.copytree(os.path.join(tiny_workdir, part), workdir / part)
+  args = ['--config=configs/tiny.py', '--config.data.seq_len=64', '--config.train.batch_size=8',
+          '--config.train.eval_every=0', '--config.train.eval_batches=1',
+          '--config.checkpoint.save_every_steps=2', '--config.train.peak_tflops=1.0',
+          f'--workdir={workdir}']
+  assert run_cli('pretrain', *args, '--config.train.steps=4').returncode == 0
+  state_dir = workdir / 'checkpoints' / '4' / 'state'
+  for root, _, names in os.walk(state_dir):  # truncate every array file of step 4
+    for name in names:
+      if name not in ('_METADATA', '_CHECKPOINT_METADATA', 'manifest.ocdbt'):
+        open(os.path.join(root, name), 'wb').close()
+  result = run_cli('pretrain', *args, '--config.train.steps=5')
+  assert result.returncode == 0, result.stderr[-3000:]
+  assert 'checkpoint 4 is unreadable' in result.stdout
+  assert 'resumed from step 2' in result.stdout

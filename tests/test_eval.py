@@ -1,0 +1,113 @@
+"""`run.py eval`: perplexity against an independent cross-entropy, sliding
+windows that count every token once, bits per byte, and bad input."""
+import json
+import math
+import os
+import shutil
+
+import numpy as np
+import pytest
+
+from pretrain.evaluate import windows
+from tests.cli_helpers import run_cli
+
+ARGS = ['--config=configs/tiny.py', '--config.data.seq_len=64', '--config.train.batch_size=8',
+        '--config.train.eval_every=0', '--config.train.eval_batches=1',
+        '--config.train.peak_tflops=1.0']
+
+
+@pytest.mark.parametrize('n,seq_len,stride', [(1, 8, 8), (100, 16, 16), (100, 16, 5),
+                                              (17, 16, 1), (64, 64, 32)])
+def test_windows_score_every_token_exactly_once(n, seq_len, stride):
+  ids = np.arange(n + 1)
+  scored = []
+  for inputs, targets, weights in windows(ids, seq_len, stride):
+    assert len(inputs) <= seq_len and np.array_equal(targets, inputs + 1)
+    scored += list(targets[weights > 0])
+  assert scored == list(range(1, n + 1))
+
+
+@pytest.fixture(scope='module')
+def trained(tiny_workdir, tmp_path_factory):
+  workdir = tmp_path_factory.mktemp('eval') / 'w'
+  workdir.mkdir()
+  for part in ('tokenizer', 'tfds'):
+    shutil.copytree(os.path.join(tiny_workdir, part), workdir / part)
+  result = run_cli('pretrain', *ARGS, f'--workdir={workdir}', '--config.train.steps=20')
+  assert result.returncode == 0, result.stderr[-2000:]
+  return str(workdir)
+
+
+def _eval_json(*args):
+  result = run_cli('eval', *args)
+  assert result.returncode == 0, result.stderr[-2000:]
+  return json.loads(result.stdout.strip().splitlines()[-1])
+
+
+def test_perplexity_equals_an_independent_cross_entropy(trained, tmp_path):
+  import jax
+  from flax import nnx
+  from configs import tiny
+  from data_pipeline import tokenizer as tokenizer_lib
+  from pretrain import restore_params
+  texts = ['The answer is 42.', '床前明月光，疑是地上霜。', 'A short line of English text']
+  path = tmp_path / 'docs.jsonl'
+  path.write_text('\n'.join(json.dumps({'text': t}) for t in texts))
+  summary = _eval_json(f'--workdir={trained}', f'--eval_files={path}', '--json')
+  # Independent: the model's raw logits, a NumPy log-softmax, every target once.
+  model_cfg, params, tok, spec, _, _ = restore_params.load(trained, tiny.get_config())
+  model = nnx.merge(spec.graphdef, jax.device_get(params))
+  nll, count = 0.0, 0
+  for text in texts:
+    ids = np.asarray([tok.bos_id] + tok.encode(text) + [tok.eos_id])
+    t = len(ids) - 1
+    logits = np.asarray(model(ids[None, :-1], np.arange(t)[None], np.ones((1, t), np.int32)),
+                        np.float64)[0]
+    logp = logits - np.log(np.exp(logits - logits.max(-1, keepdims=True)).sum(-1,
+                                                                              keepdims=True))
+    logp -= logits.max(-1, keepdims=True)
+    nll -= logp[np.arange(t), ids[1:]].sum()
+    count += t
+  assert summary['tokens'] == count
+  assert abs(summary['loss'] - nll / count) < 1e-5 * (nll / count)
+  assert abs(summary['perplexity'] - math.exp(nll / count)) < 1e-4 * summary['perplexity']
+  total_bytes = sum(len(t.encode()) for t in texts)
+  assert abs(summary['bits_per_byte'] - nll / math.log(2) / total_bytes) < 1e-5
+
+
+def test_stride_counts_every_token_of_a_long_text_once(trained, tmp_path):
+  text = ' '.join(f'word{i}' for i in range(400))
+  path = tmp_path / 'long.txt'
+  path.write_text(text)
+  full = _eval_json(f'--workdir={trained}', f'--eval_files={path}', '--seq_len=64', '--json')
+  strided = _eval_json(f'--workdir={trained}', f'--eval_files={path}', '--seq_len=64',
+                       '--stride=16', '--json')
+  from data_pipeline import tokenizer as tokenizer_lib
+  tok = tokenizer_lib.load_tokenizer(os.path.join(trained, 'tokenizer', 'tokenizer.model'))
+  expected = len(tok.encode(text)) + 1  # targets: the text's tokens and EOS
+  assert full['tokens'] == strided['tokens'] == expected
+  assert strided['loss'] <= full['loss'] + 0.05  # more context never hurts by much
+
+
+def test_validation_split_and_per_file_report(trained):
+  summary = _eval_json(f'--workdir={trained}', '--max_batches=3', '--json')
+  assert list(summary['files']) == ['validation']
+  assert summary['tokens'] > 0 and summary['perplexity'] == pytest.approx(
+      math.exp(summary['loss']))
+
+
+def test_eval_user_errors(trained, tmp_path):
+  empty = tmp_path / 'empty.txt'
+  empty.write_text('')
+  for args, fragment in [
+      ([f'--checkpoint={tmp_path}/nope/12'], 'not a checkpoint'),
+      ([f'--eval_files={empty}'], 'holds no text'),
+      (['--stride=0'], '--stride=0'),
+      (['--step=999'], 'no checkpoint for --step=999'),
+  ]:
+    result = run_cli('eval', f'--workdir={trained}', *args)
+    assert result.returncode == 2, result.stderr[-1500:]
+    assert result.stderr.strip().splitlines()[-1].startswith('error: ')
+    assert fragment in result.stderr.strip().splitlines()[-1]
+  result = run_cli('eval', f'--workdir={tmp_path / "none"}')
+  assert result.returncode == 2 and 'no checkpoint in' in result.stderr
