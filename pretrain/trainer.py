@@ -186,7 +186,7 @@ class Pretrainer:
                         model_tflops_per_device=flops_per_token * tokens_per_s / devices / 1e12,
                         mfu=flops_per_token * tokens_per_s / (peak * devices))
           progress.set_postfix(loss=f'{loss:.3f}', tok_s=f'{tokens_per_s:.0f}',
-                               mfu=f'{values["mfu"]:.2f}')
+                               mfu=f'{values["mfu"]:.2f}', refresh=False)
         writer.write(step, values)
         window_start, window_steps = time.perf_counter(), 0
       if ((train_cfg.eval_every and step % train_cfg.eval_every == 0)
