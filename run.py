@@ -25,6 +25,8 @@ _WORKDIR = flags.DEFINE_string('workdir', None, 'Directory for everything a run 
 _OVERWRITE = flags.DEFINE_bool('overwrite', False, 'tokenizer: retrain an existing tokenizer.')
 _RESUME = flags.DEFINE_bool('resume', True, 'Training stages: continue from the latest '
                             'complete checkpoint in the workdir.')
+_VERIFY_RESUME = flags.DEFINE_bool('verify_resume', False, 'pretrain: train, restart halfway in '
+                                   'a fresh process, and check the result is bitwise equal.')
 _JSON = flags.DEFINE_bool('json', False, 'Print one JSON object as the last stdout line.')
 _NUM_DEVICES = flags.DEFINE_integer('num_devices', None, 'describe: devices to plan the mesh '
                                     'for (default: this machine\'s).')
@@ -38,6 +40,12 @@ _STRIDE = flags.DEFINE_integer('stride', None, 'eval: window advance (default: s
 _BATCH_SIZE = flags.DEFINE_integer('batch_size', 8, 'eval: windows per batch.')
 _MAX_BATCHES = flags.DEFINE_integer('max_batches', 0, 'eval: stop after this many batches '
                                     '(0 = all).')
+_PROMPT = flags.DEFINE_multi_string('prompt', [], 'generate: a prompt (repeat for a batch).')
+_MAX_NEW_TOKENS = flags.DEFINE_integer('max_new_tokens', 64, 'generate: tokens to sample.')
+_TEMPERATURE = flags.DEFINE_float('temperature', 0.8, 'generate: 0 = greedy.')
+_TOP_K = flags.DEFINE_integer('top_k', 0, 'generate: keep the k most likely tokens (0 = off).')
+_TOP_P = flags.DEFINE_float('top_p', 1.0, 'generate: nucleus mass in (0, 1] (1 = off).')
+_SEED = flags.DEFINE_integer('seed', 0, 'generate: sampling seed.')
 _COORDINATOR = flags.DEFINE_string('coordinator_address', None, 'Multi-process: host:port of '
                                    'process 0.')
 _NUM_PROCESSES = flags.DEFINE_integer('num_processes', None, 'Multi-process: process count.')
@@ -95,6 +103,10 @@ def run_command(command, config, workdir):
     data_commands.run_prepare(config, workdir)
     write_resolved_config(config, workdir)
     run_pretrain(config, workdir)
+  elif command == 'pretrain' and _VERIFY_RESUME.value:
+    from pretrain import verify_resume
+    if not verify_resume.verify(config, workdir, sys.argv[2:]):
+      sys.exit(1)
   elif command == 'pretrain':
     run_pretrain(config, workdir)
   elif command == 'eval':
@@ -106,6 +118,17 @@ def run_command(command, config, workdir):
     print(evaluate.format_summary(summary))
     if _JSON.value:
       print(json.dumps(summary))
+  elif command == 'generate':
+    from pretrain import sampling
+    result = sampling.run_generate(
+        config, workdir, _PROMPT.value, checkpoint=_CHECKPOINT.value, step=_STEP.value,
+        max_new_tokens=_MAX_NEW_TOKENS.value, temperature=_TEMPERATURE.value,
+        top_k=_TOP_K.value, top_p=_TOP_P.value, seed=_SEED.value)
+    for sample in result['samples']:
+      print(f'--- {sample["prompt"]!r} ({sample["tokens"]} tokens)\n{sample["prompt"]}'
+            f'{sample["text"]}')
+    if _JSON.value:
+      print(json.dumps(result, ensure_ascii=False))
   elif command == 'describe':
     from pretrain import describe
     report = describe.describe(config, _NUM_DEVICES.value)

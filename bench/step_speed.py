@@ -16,8 +16,8 @@ from absl import app
 from absl import flags
 from ml_collections import config_flags
 import jax
-import numpy as np
 
+from bench.synthetic import synthetic_batch
 from pretrain import flops
 from pretrain import mesh as mesh_lib
 from pretrain import optimizer
@@ -27,15 +27,6 @@ from pretrain import train_step
 _CONFIG = config_flags.DEFINE_config_file('config', 'configs/small.py', 'Config to time.')
 _STEPS = flags.DEFINE_integer('steps', 8, 'Timed steps after 2 warmup steps.')
 _JSON = flags.DEFINE_bool('json', False, 'Print one JSON object as the last line.')
-
-
-def synthetic_batch(config, seed=0):
-  rng = np.random.default_rng(seed)
-  b, t = config.train.batch_size, config.data.seq_len
-  tokens = rng.integers(8, config.model.vocab_size, (b, t + 1)).astype(np.int32)
-  return {'inputs': tokens[:, :-1], 'targets': tokens[:, 1:],
-          'segment_ids': np.ones((b, t), np.int32),
-          'positions': np.broadcast_to(np.arange(t, dtype=np.int32), (b, t)).copy()}
 
 
 def measure(config, steps):

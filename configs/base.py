@@ -54,6 +54,7 @@ def get_config():
 
   config.train = train = ml_collections.ConfigDict()
   train.steps = 2000  # optimizer updates
+  train.stop_after = 0  # exit after this step with a checkpoint (time-limited jobs); 0 = off
   train.batch_size = 16  # global batch, in packed rows
   train.microbatches = 1  # gradient accumulation: batch_size is split into this many
   train.learning_rate = 1e-3  # peak learning rate

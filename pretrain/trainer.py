@@ -200,10 +200,11 @@ class Pretrainer:
       due_by_steps = cfg_ckpt.save_every_steps and step % cfg_ckpt.save_every_steps == 0
       due_by_time = (cfg_ckpt.save_every_minutes
                      and time.time() - last_save_time >= 60 * cfg_ckpt.save_every_minutes)
-      if due_by_steps or due_by_time or step == train_cfg.steps or stop.signal:
+      stop_here = train_cfg.stop_after and step == train_cfg.stop_after
+      if due_by_steps or due_by_time or step == train_cfg.steps or stop.signal or stop_here:
         self.save(step, force=True)
         last_save_time = time.time()
-      if stop.signal:
+      if stop.signal or stop_here:
         break
     progress.close()
     self.manager.wait_until_finished()

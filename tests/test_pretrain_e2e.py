@@ -152,3 +152,11 @@ def test_pretrain_user_errors(tiny_workdir, tmp_path):
                           '--config.model.num_layers=3'), 'model.num_layers=3')
   before = sorted(os.listdir(os.path.join(workdir, 'checkpoints')))
   assert before == ['2']
+
+
+def test_verify_resume_command_passes(tiny_workdir, tmp_path):
+  workdir = _fresh(tiny_workdir, tmp_path)
+  result = run_cli('pretrain', '--verify_resume', *FAST, f'--workdir={workdir}',
+                   '--config.train.steps=8')
+  assert result.returncode == 0, result.stderr[-2000:]
+  assert 'verify_resume: PASS: steps 5..8 after a restart at step 4' in result.stdout

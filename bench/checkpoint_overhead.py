@@ -1,0 +1,89 @@
+"""Checkpoint size, save time (blocking part vs background part) and the step-time
+overhead of saving every step, for a config.
+
+    python -m bench.checkpoint_overhead --config=configs/small.py [--json]
+"""
+import json
+import os
+import shutil
+import statistics
+import sys
+import tempfile
+import time
+
+from absl import app
+from absl import flags
+from ml_collections import config_flags
+import jax
+
+from bench.synthetic import synthetic_batch
+from data_pipeline.global_batch import batch_sharding
+from pretrain import checkpointing
+from pretrain import mesh as mesh_lib
+from pretrain import optimizer
+from pretrain import train_state
+from pretrain import train_step
+
+_CONFIG = config_flags.DEFINE_config_file('config', 'configs/small.py', 'Config to time.')
+_STEPS = flags.DEFINE_integer('steps', 5, 'Timed steps per setting.')
+_JSON = flags.DEFINE_bool('json', False, 'Print one JSON object as the last line.')
+
+
+def _dir_bytes(path):
+  return sum(os.path.getsize(os.path.join(r, n)) for r, _, ns in os.walk(path) for n in ns)
+
+
+def measure(config, steps):
+  mesh = mesh_lib.make_mesh(config.mesh)
+  spec = train_state.ModelSpec(config.model, mesh)
+  tx = optimizer.make_optimizer(config.train)
+  state, shardings = train_state.create_train_state(spec, tx, config.seed)
+  step_fn = train_step.make_train_step(spec, tx, optimizer.learning_rate_schedule(config.train),
+                                       shardings, config.train)
+  batch = jax.device_put(synthetic_batch(config), batch_sharding(mesh))
+  state, m = step_fn(state, batch)
+  jax.block_until_ready(m)
+  workdir = tempfile.mkdtemp()
+  try:
+    manager = checkpointing.make_manager(workdir, config.checkpoint)
+    start = time.perf_counter()
+    checkpointing.save(manager, 1, state, {'next': 0}, {'config': {}}, force=True)
+    blocking = time.perf_counter() - start
+    manager.wait_until_finished()
+    total = time.perf_counter() - start
+    size = _dir_bytes(os.path.join(workdir, 'checkpoints', '1'))
+
+    def timed(save_every_step):
+      nonlocal state
+      times = []
+      for i in range(steps):
+        begin = time.perf_counter()
+        state, metrics = step_fn(state, batch)
+        jax.block_until_ready(metrics)
+        if save_every_step:
+          checkpointing.save(manager, 2 + i, state, {'next': 0}, {'config': {}}, force=True)
+        times.append(time.perf_counter() - begin)
+      manager.wait_until_finished()
+      return statistics.median(times)
+
+    plain, saving = timed(False), timed(True)
+    manager.close()
+  finally:
+    shutil.rmtree(workdir)
+  return {'checkpoint_mb': size / 2**20, 'save_blocking_s': blocking, 'save_total_s': total,
+          'step_s': plain, 'step_s_saving_every_step': saving,
+          'async_overhead': saving / plain - 1}
+
+
+def main(argv):
+  del argv
+  result = measure(_CONFIG.value, _STEPS.value)
+  for key, value in result.items():
+    print(f'{key:>26}: {value:.4g}')
+  if _JSON.value:
+    print(json.dumps(result))
+
+
+if __name__ == '__main__':
+  sys.path.insert(0, '.')
+  app.run(main)

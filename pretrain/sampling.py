@@ -1,0 +1,64 @@
+"""`run.py generate`: sample continuations of prompts from a checkpoint."""
+import time
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import nnx
+
+from configs.errors import UserError
+from model import decode
+from pretrain import restore_params
+from pretrain.train_step import with_mesh
+
+
+def check_sampling_flags(temperature, top_k, top_p, max_new_tokens):
+  if temperature < 0:
+    raise UserError(f'--temperature={temperature} is negative; use 0 (greedy) or more')
+  if not 0 < top_p <= 1:
+    raise UserError(f'--top_p={top_p} must be in (0, 1]; 1 turns nucleus sampling off')
+  if top_k < 0:
+    raise UserError(f'--top_k={top_k} is negative; use 0 (off) or more')
+  if max_new_tokens < 1:
+    raise UserError(f'--max_new_tokens={max_new_tokens} must be >= 1')
+
+
+def make_generate_fn(spec, max_new_tokens, temperature, top_k, top_p, eos_id):
+  def run(params, prompt, lengths, key):
+    model = nnx.merge(spec.graphdef, params)
+    return decode.generate(model, prompt, lengths, key, max_new_tokens=max_new_tokens,
+                           temperature=temperature, top_k=top_k, top_p=top_p, eos_id=eos_id)
+  return with_mesh(spec.mesh, jax.jit(run))
+
+
+def run_generate(config, workdir, prompts, *, checkpoint=None, step=None, max_new_tokens=64,
+                 temperature=0.8, top_k=0, top_p=1.0, seed=0):
+  check_sampling_flags(temperature, top_k, top_p, max_new_tokens)
+  if not prompts:
+    raise UserError('give at least one --prompt')
+  model_cfg, params, tokenizer, spec, _, step = restore_params.load(
+      workdir, config, checkpoint, step)
+  encoded = [[tokenizer.bos_id] + tokenizer.encode(p) for p in prompts]
+  longest = max(map(len, encoded))
+  if longest + max_new_tokens > model_cfg.max_seq_len:
+    raise UserError(f'a prompt of {longest} tokens plus --max_new_tokens={max_new_tokens} '
+                    f'exceeds the context of {model_cfg.max_seq_len}; shorten the prompt or '
+                    'generate fewer tokens')
+  prompt = np.zeros((len(encoded), longest), np.int32)
+  for row, ids in enumerate(encoded):
+    prompt[row, :len(ids)] = ids
+  lengths = np.asarray([len(ids) for ids in encoded], np.int32)
+  fn = make_generate_fn(spec, max_new_tokens, float(temperature), int(top_k), float(top_p),
+                        tokenizer.eos_id)
+  start = time.perf_counter()
+  tokens, counts = fn(params, jnp.asarray(prompt), jnp.asarray(lengths), jax.random.key(seed))
+  tokens, counts = np.asarray(tokens), np.asarray(counts)
+  elapsed = time.perf_counter() - start
+  samples = []
+  for row, text in enumerate(prompts):
+    ids = [int(t) for t in tokens[row, :counts[row]] if t != tokenizer.eos_id]
+    samples.append({'prompt': text, 'text': tokenizer.decode(ids),
+                    'tokens': int(counts[row]), 'ids': ids})
+  return {'samples': samples, 'step': step, 'seconds_with_compile': elapsed}
+
+
