@@ -46,6 +46,10 @@ _TEMPERATURE = flags.DEFINE_float('temperature', 0.8, 'generate: 0 = greedy.')
 _TOP_K = flags.DEFINE_integer('top_k', 0, 'generate: keep the k most likely tokens (0 = off).')
 _TOP_P = flags.DEFINE_float('top_p', 1.0, 'generate: nucleus mass in (0, 1] (1 = off).')
 _SEED = flags.DEFINE_integer('seed', 0, 'generate: sampling seed.')
+_DEVICES_PER_PROCESS = flags.DEFINE_integer('devices_per_process', 0, 'launch: simulated CPU '
+                                           'devices per process (0 = the default).')
+_HEARTBEAT_TIMEOUT = flags.DEFINE_integer('heartbeat_timeout', 30, 'Multi-process: seconds '
+                                          'without a heartbeat before a process counts as lost.')
 _COORDINATOR = flags.DEFINE_string('coordinator_address', None, 'Multi-process: host:port of '
                                    'process 0.')
 _NUM_PROCESSES = flags.DEFINE_integer('num_processes', None, 'Multi-process: process count.')
@@ -92,16 +96,19 @@ def write_resolved_config(config, workdir):
 def run_command(command, config, workdir):
   """Dispatches; each stage writes WORKDIR/config.json once its own checks pass."""
   from data_pipeline import commands as data_commands
+  from pretrain import distributed
+  distributed.initialize(_COORDINATOR.value, _NUM_PROCESSES.value, _PROCESS_ID.value,
+                         heartbeat_timeout_seconds=_HEARTBEAT_TIMEOUT.value)
   if command == 'tokenizer':
-    data_commands.run_tokenizer(config, workdir, overwrite=_OVERWRITE.value)
-    write_resolved_config(config, workdir)
+    distributed.on_first_process(lambda: (
+        data_commands.run_tokenizer(config, workdir, overwrite=_OVERWRITE.value),
+        write_resolved_config(config, workdir)))
   elif command == 'prepare':
-    data_commands.run_prepare(config, workdir)
-    write_resolved_config(config, workdir)
+    distributed.on_first_process(lambda: (data_commands.run_prepare(config, workdir),
+                                          write_resolved_config(config, workdir)))
   elif command == 'pipeline':
-    data_commands.run_tokenizer(config, workdir)
-    data_commands.run_prepare(config, workdir)
-    write_resolved_config(config, workdir)
+    distributed.on_first_process(lambda: (data_commands.run_tokenizer(config, workdir),
+                                          data_commands.run_prepare(config, workdir)))
     run_pretrain(config, workdir)
   elif command == 'pretrain' and _VERIFY_RESUME.value:
     from pretrain import verify_resume
@@ -140,8 +147,6 @@ def run_command(command, config, workdir):
 
 
 def run_pretrain(config, workdir):
-  from pretrain import distributed
-  distributed.initialize(_COORDINATOR.value, _NUM_PROCESSES.value, _PROCESS_ID.value)
   from pretrain import trainer
   import jax
   if jax.process_index() == 0:
@@ -153,9 +158,15 @@ def main(argv):
   if len(argv) < 2 or argv[1] not in COMMANDS:
     given = argv[1] if len(argv) > 1 else '(none)'
     fail(f'unknown command {given}; choose one of: {", ".join(COMMANDS)}')
-  if len(argv) > 2:
+  if len(argv) > 2 and argv[1] != 'launch':
     fail(f'unexpected arguments {argv[2:]}; flags take the form --name=value')
   command = argv[1]
+  if command == 'launch':
+    from pretrain import launch
+    try:
+      sys.exit(launch.launch(_NUM_PROCESSES.value or 1, _DEVICES_PER_PROCESS.value, argv[2:]))
+    except UserError as e:
+      fail(str(e))
   try:
     config = load_config()
     if command == 'describe':  # reads nothing, writes nothing

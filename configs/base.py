@@ -22,6 +22,8 @@ def get_config():
   data.eval_split = 'validation'  # TFDS split used for evaluation
   data.seq_len = 256  # tokens per packed training row
   data.add_bos = True  # prefix each document with BOS (EOS always ends it)
+  data.num_shards = 0  # independent data streams; 0 = one per process (set it to keep
+  #                       the exact data order when the process count changes)
   data.num_threads = 2  # Grain reader threads (tokenisation runs there)
   data.prefetch = 8  # Grain prefetch buffer, in elements
 

@@ -15,3 +15,14 @@ def make_global_batch(local_batch, mesh):
   sharding = batch_sharding(mesh)
   return {name: jax.make_array_from_process_local_data(sharding, np.asarray(value))
           for name, value in local_batch.items()}
+
+
+def process_row_block(mesh, global_rows):
+  """(index, count) of the contiguous block of global batch rows this process
+  holds; data shards are assigned by it, so row order never depends on how
+  processes are numbered."""
+  sharding = batch_sharding(mesh)
+  starts = sorted({idx[0].start or 0 for idx in
+                   sharding.addressable_devices_indices_map((global_rows, 1)).values()})
+  local_rows = global_rows // jax.process_count()
+  return starts[0] // local_rows, jax.process_count()

@@ -7,6 +7,8 @@ next batch, without replaying the stream (Levanter's promise).
 import grain
 import numpy as np
 
+from configs.errors import UserError
+
 
 
 def _tokenize(record, tokenizer, text_field, add_bos):
@@ -55,17 +57,51 @@ def make_dataset(source, tokenizer, *, seq_len, batch_size, seed, text_field='te
   return it.batch(batch_size, drop_remainder=drop_remainder)
 
 
-def train_dataset(config, source, tokenizer, process_index, process_count):
+class ShardedBatches:
+  """This process's data shards, each an independent Grain stream.
+
+  The global batch is the shards' batches in shard order, so it is the same
+  whatever the number of processes reading them (2 processes × 1 shard and
+  1 process × 2 shards see identical batches), and a checkpoint's per-shard
+  states restore under another process count.
+  """
+
+  def __init__(self, iterators):
+    self.iterators = iterators  # {shard index: iterator}, in shard order
+
+  def __iter__(self):
+    return self
+
+  def __next__(self):
+    batches = [next(it) for it in self.iterators.values()]
+    return {k: np.concatenate([b[k] for b in batches]) for k in batches[0]}
+
+  def get_state(self):
+    return {'shards': {str(s): it.get_state() for s, it in self.iterators.items()}}
+
+  def set_state(self, state):
+    for shard, it in self.iterators.items():
+      it.set_state(state['shards'][str(shard)])
+
+
+def train_dataset(config, source, tokenizer, row_block, num_blocks):
+  """This process's share of the training stream.
+
+  `row_block` / `num_blocks`: which contiguous block of global batch rows this
+  process holds (see global_batch.process_row_block).
+  """
   batch = config.train.batch_size
-  if batch % process_count:
-    from configs.errors import UserError
-    raise UserError(f'train.batch_size={batch} is not divisible by the {process_count} '
-                    'processes; use a multiple')
-  return make_dataset(source, tokenizer, seq_len=config.data.seq_len,
-                      batch_size=batch // process_count, seed=config.seed,
-                      text_field=config.data.text_field, add_bos=config.data.add_bos,
-                      process_index=process_index, process_count=process_count,
-                      num_threads=config.data.num_threads, prefetch=config.data.prefetch)
+  shards = config.data.num_shards or num_blocks
+  if shards % num_blocks or batch % shards:
+    raise UserError(f'data.num_shards={shards} must be a multiple of the {num_blocks} '
+                    f'processes and divide train.batch_size={batch}')
+  per_process = shards // num_blocks
+  mine = range(row_block * per_process, (row_block + 1) * per_process)
+  return ShardedBatches({shard: iter(make_dataset(
+      source, tokenizer, seq_len=config.data.seq_len, batch_size=batch // shards,
+      seed=config.seed, text_field=config.data.text_field, add_bos=config.data.add_bos,
+      process_index=shard, process_count=shards, num_threads=config.data.num_threads,
+      prefetch=config.data.prefetch)) for shard in mine})
 
 
 def eval_dataset(config, source, tokenizer, process_index, process_count, batch_size=None):

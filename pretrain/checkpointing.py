@@ -84,13 +84,21 @@ def restore(manager, step, abstract_state):
   except ValueError as e:
     if 'process_' not in str(e):
       raise
-  # Written by a different number of processes: params restore fine, the data
-  # streams cannot map one-to-one, so the data pipeline restarts its epoch.
+  # Written by a different number of processes: params restore fine, and the
+  # data state is gathered from every process's file (all see the same files).
   restored = manager.restore(step, args=ocp.args.Composite(
       state=ocp.args.StandardRestore(abstract_state), meta=ocp.args.JsonRestore()))
-  logging.warning('checkpoint %d was written by another process count; the data iterator '
-                  'starts from the beginning of its stream', step)
-  return restored['state'], None, restored['meta']
+  return restored['state'], _all_process_data_states(manager, step), restored['meta']
+
+
+def _all_process_data_states(manager, step):
+  directory = os.path.join(str(manager.directory), str(step), 'data')
+  shards = {}
+  for name in sorted(os.listdir(directory)) if os.path.isdir(directory) else []:
+    if name.startswith('process_') and name.endswith('.json'):
+      with open(os.path.join(directory, name)) as f:
+        shards.update(json.load(f).get('shards', {}))
+  return {'shards': shards} if shards else None
 
 
 def check_compatible(meta, config, tokenizer):

@@ -13,6 +13,7 @@ import time
 
 from absl import logging
 import jax
+from jax.experimental import multihost_utils
 import numpy as np
 from tqdm import tqdm
 
@@ -21,6 +22,7 @@ from data_pipeline import pretrain_loader
 from data_pipeline import tfds_corpus
 from data_pipeline import tokenizer as tokenizer_lib
 from data_pipeline.global_batch import make_global_batch
+from data_pipeline.global_batch import process_row_block
 from pretrain import checkpointing
 from pretrain import flops
 from pretrain import mesh as mesh_lib
@@ -40,6 +42,14 @@ class StopRequest:
 
   def _handle(self, signum, _):
     self.signal = signal.Signals(signum).name
+
+
+def agree_on_stop(local_signal):
+  """The signal name if any process received one (a collective, every step)."""
+  flags = multihost_utils.process_allgather(np.asarray(int(local_signal is not None)))
+  if not np.any(flags):
+    return None
+  return local_signal or 'SIGTERM (on another process)'
 
 
 def evaluate(eval_fn, params, config, source, tokenizer, mesh, num_batches):
@@ -76,8 +86,9 @@ class Pretrainer:
     self.eval_source = tfds_corpus.open_split(config, workdir, config.data.eval_split)
     if len(self.train_source) == 0:
       raise UserError('the training split is empty; give files with text')
-    self.data_iter = iter(pretrain_loader.train_dataset(
-        config, self.train_source, self.tokenizer, jax.process_index(), jax.process_count()))
+    row_block, num_blocks = process_row_block(self.mesh, config.train.batch_size)
+    self.data_iter = pretrain_loader.train_dataset(
+        config, self.train_source, self.tokenizer, row_block, num_blocks)
     self.manager = checkpointing.make_manager(workdir, config.checkpoint)
     self.meta = checkpointing.metadata(config, self.tokenizer, self.mesh)
     self.state, self.shardings = self._restore_or_init(resume)
@@ -109,8 +120,14 @@ class Pretrainer:
         meta=checkpointing.ocp.args.JsonRestore()))['meta']
     checkpointing.check_compatible(meta, self.config, self.tokenizer)
     state, data_state, _ = checkpointing.restore(self.manager, step, abstract)
-    if data_state is not None:
-      self.data_iter.set_state(data_state)
+    wanted = set(self.data_iter.get_state()['shards'])
+    if data_state is not None and wanted <= set(data_state.get('shards', {})):
+      self.data_iter.set_state({'shards': {s: data_state['shards'][s] for s in wanted}})
+    else:
+      logging.warning('checkpoint %d holds no data state for shards %s (a different '
+                      'data.num_shards?); the data stream restarts', step, sorted(wanted))
+      print(f'pretrain: warning: data shards {sorted(wanted)} not in checkpoint {step}; the '
+            'data stream restarts (keep data.num_shards fixed to avoid this)', flush=True)
     return state, shardings
 
   def _set_aside(self, step, reason):
@@ -119,6 +136,7 @@ class Pretrainer:
     target = f'{path}.{reason}-{int(time.time())}'
     if jax.process_index() == 0:
       os.rename(path, target)
+    multihost_utils.sync_global_devices(f'set_aside_{step}')
     self.manager.reload()
     return target
 
@@ -157,7 +175,7 @@ class Pretrainer:
     window_start, window_steps = time.perf_counter(), 0
     eval_metrics = None
     step = start
-    if start == 0 and self.is_primary:
+    if start == 0:  # every process evaluates (collectives); only process 0 writes
       eval_metrics = evaluate(eval_fn, self.state['params'], config, self.eval_source,
                               self.tokenizer, self.mesh, train_cfg.eval_batches)
       writer.write(0, eval_metrics)
@@ -194,13 +212,16 @@ class Pretrainer:
         eval_metrics = evaluate(eval_fn, self.state['params'], config, self.eval_source,
                                 self.tokenizer, self.mesh, train_cfg.eval_batches)
         writer.write(step, eval_metrics)
-        progress.write(f'step {step}: eval_loss {eval_metrics["eval_loss"]:.4f} '
-                       f'perplexity {eval_metrics["eval_perplexity"]:.2f}')
+        if self.is_primary:
+          progress.write(f'step {step}: eval_loss {eval_metrics["eval_loss"]:.4f} '
+                         f'perplexity {eval_metrics["eval_perplexity"]:.2f}')
       cfg_ckpt = config.checkpoint
       due_by_steps = cfg_ckpt.save_every_steps and step % cfg_ckpt.save_every_steps == 0
       due_by_time = (cfg_ckpt.save_every_minutes
                      and time.time() - last_save_time >= 60 * cfg_ckpt.save_every_minutes)
       stop_here = train_cfg.stop_after and step == train_cfg.stop_after
+      if jax.process_count() > 1:  # all processes must agree to stop at the same step
+        stop.signal = agree_on_stop(stop.signal)
       if due_by_steps or due_by_time or step == train_cfg.steps or stop.signal or stop_here:
         self.save(step, force=True)
         last_save_time = time.time()
