@@ -27,6 +27,7 @@ _RESUME = flags.DEFINE_bool('resume', True, 'Training stages: continue from the 
                             'complete checkpoint in the workdir.')
 _VERIFY_RESUME = flags.DEFINE_bool('verify_resume', False, 'pretrain: train, restart halfway in '
                                    'a fresh process, and check the result is bitwise equal.')
+_WITH_TORCH = flags.DEFINE_bool('with_torch', False, 'bench: also time the PyTorch peer.')
 _JSON = flags.DEFINE_bool('json', False, 'Print one JSON object as the last stdout line.')
 _NUM_DEVICES = flags.DEFINE_integer('num_devices', None, 'describe: devices to plan the mesh '
                                     'for (default: this machine\'s).')
@@ -136,6 +137,14 @@ def run_command(command, config, workdir):
             f'{sample["text"]}')
     if _JSON.value:
       print(json.dumps(result, ensure_ascii=False))
+  elif command == 'bench':
+    from bench import run_bench
+    name = os.path.splitext(os.path.basename(flags.FLAGS['config'].config_filename))[0]
+    result = run_bench.run_bench(config, workdir, name, with_torch=_WITH_TORCH.value)
+    print(run_bench.format_table(result))
+    print(f'bench: results written to {result["results_file"]}')
+    if _JSON.value:
+      print(json.dumps(result))
   elif command == 'describe':
     from pretrain import describe
     report = describe.describe(config, _NUM_DEVICES.value)

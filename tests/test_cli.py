@@ -28,12 +28,13 @@ def _snapshot(directory):
 @pytest.fixture(scope='module')
 def prepared_workdir(tmp_path_factory):
   workdir = str(tmp_path_factory.mktemp('cli'))
-  result = run_cli('pipeline', '--config=configs/tiny.py', f'--workdir={workdir}')
-  assert result.returncode == 0, result.stderr
+  for command in ('tokenizer', 'prepare'):  # `pipeline` = these + pretrain (README test)
+    result = run_cli(command, '--config=configs/tiny.py', f'--workdir={workdir}')
+    assert result.returncode == 0, result.stderr
   return workdir
 
 
-def test_pipeline_writes_tokenizer_dataset_and_config(prepared_workdir):
+def test_data_commands_write_tokenizer_dataset_and_config(prepared_workdir):
   assert os.path.isfile(os.path.join(prepared_workdir, 'tokenizer', 'tokenizer.model'))
   report = json.load(open(os.path.join(prepared_workdir, 'tokenizer', 'report.json')))
   assert report['vocab_size'] == 2048

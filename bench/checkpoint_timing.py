@@ -1,19 +1,11 @@
 """Checkpoint size, save time (blocking part vs background part) and the step-time
-overhead of saving every step, for a config.
-
-    python -m bench.checkpoint_overhead --config=configs/small.py [--json]
-"""
-import json
+overhead of saving every step, for a config."""
 import os
 import shutil
 import statistics
-import sys
 import tempfile
 import time
 
-from absl import app
-from absl import flags
-from ml_collections import config_flags
 import jax
 
 from bench.synthetic import synthetic_batch
@@ -23,11 +15,6 @@ from pretrain import mesh as mesh_lib
 from pretrain import optimizer
 from pretrain import train_state
 from pretrain import train_step
-
-_CONFIG = config_flags.DEFINE_config_file('config', 'configs/small.py', 'Config to time.')
-_STEPS = flags.DEFINE_integer('steps', 5, 'Timed steps per setting.')
-_JSON = flags.DEFINE_bool('json', False, 'Print one JSON object as the last line.')
-
 
 def _dir_bytes(path):
   return sum(os.path.getsize(os.path.join(r, n)) for r, _, ns in os.walk(path) for n in ns)
@@ -73,17 +60,3 @@ def measure(config, steps):
   return {'checkpoint_mb': size / 2**20, 'save_blocking_s': blocking, 'save_total_s': total,
           'step_s': plain, 'step_s_saving_every_step': saving,
           'async_overhead': saving / plain - 1}
-
-
-def main(argv):
-  del argv
-  result = measure(_CONFIG.value, _STEPS.value)
-  for key, value in result.items():
-    print(f'{key:>26}: {value:.4g}')
-  if _JSON.value:
-    print(json.dumps(result))
-
-
-if __name__ == '__main__':
-  sys.path.insert(0, '.')
-  app.run(main)
