@@ -22,11 +22,15 @@ REPO = os.path.dirname(os.path.abspath(__file__))
 _CONFIG = config_flags.DEFINE_config_file(
     'config', os.path.join(REPO, 'configs', 'base.py'), 'Config file (configs/<name>.py).')
 _WORKDIR = flags.DEFINE_string('workdir', None, 'Directory for everything a run produces.')
-_OVERWRITE = flags.DEFINE_bool('overwrite', False, 'tokenizer: retrain an existing tokenizer.')
+_OVERWRITE = flags.DEFINE_bool('overwrite', False, 'tokenizer: retrain an existing tokenizer; '
+                               'export: replace a non-empty --out.')
 _RESUME = flags.DEFINE_bool('resume', True, 'Training stages: continue from the latest '
                             'complete checkpoint in the workdir.')
 _VERIFY_RESUME = flags.DEFINE_bool('verify_resume', False, 'pretrain: train, restart halfway in '
                                    'a fresh process, and check the result is bitwise equal.')
+_OUT = flags.DEFINE_string('out', None, 'export: the Hugging Face directory to write.')
+_HF_DIR = flags.DEFINE_string('hf_dir', None, 'import: a local Hugging Face LLaMA directory.')
+_PARITY = flags.DEFINE_bool('parity', True, 'export/import: compare logits with transformers.')
 _WITH_TORCH = flags.DEFINE_bool('with_torch', False, 'bench: also time the PyTorch peer.')
 _JSON = flags.DEFINE_bool('json', False, 'Print one JSON object as the last stdout line.')
 _NUM_DEVICES = flags.DEFINE_integer('num_devices', None, 'describe: devices to plan the mesh '
@@ -137,6 +141,23 @@ def run_command(command, config, workdir):
             f'{sample["text"]}')
     if _JSON.value:
       print(json.dumps(result, ensure_ascii=False))
+  elif command == 'export':
+    from pretrain import hf_export
+    result = hf_export.run_export(config, workdir, _OUT.value, checkpoint=_CHECKPOINT.value,
+                                  step=_STEP.value, overwrite=_OVERWRITE.value,
+                                  parity=_PARITY.value)
+    print(f'export: step {result["step"]} written to {result["out"]} ({result["shards"]} '
+          f'safetensors file(s), {result["seconds"]:.1f} s)')
+    if _JSON.value:
+      print(json.dumps(result))
+  elif command == 'import':
+    from pretrain import hf_import
+    result = hf_import.run_import(config, _HF_DIR.value, workdir, parity=_PARITY.value)
+    print(f'import: {result["params"]:,} params from {result["hf_dir"]} saved as step 0 in '
+          f'{workdir}/checkpoints ({result["seconds"]:.1f} s); continue with '
+          f'--config=configs/from_workdir.py:{workdir}')
+    if _JSON.value:
+      print(json.dumps(result))
   elif command == 'bench':
     from bench import run_bench
     name = os.path.splitext(os.path.basename(flags.FLAGS['config'].config_filename))[0]

@@ -80,6 +80,11 @@ def get_config():
   ckpt.keep_period = 0  # also keep every step divisible by this forever; 0 = none
   ckpt.async_save = True  # write in the background while training continues
 
+  config.hf = hf = ml_collections.ConfigDict()
+  hf.parity_tolerance = 1e-3  # export/import fail above this max |logit difference|
+  hf.parity_sequences = 4  # random token sequences the parity check runs
+  hf.shard_mb = 2000  # largest safetensors shard written by export, in MiB
+
   config.mesh = mesh = ml_collections.ConfigDict()
   mesh.data = -1  # data-parallel ways; -1 = all devices left over
   mesh.fsdp = 1  # parameter-sharding ways (ZeRO-3 style)

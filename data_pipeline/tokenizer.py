@@ -77,8 +77,10 @@ def auto_character_coverage(lines, vocab_size, target=0.9995):
     if rank >= budget or covered / total >= target:
       break
     covered += count
-  # SentencePiece keeps characters until the covered fraction reaches this value.
-  return min(target, covered / total - 1e-9)
+  # SentencePiece keeps characters until the covered fraction reaches this value,
+  # and accepts values in [0.98, 1] only (a tiny vocab on CJK text then fails
+  # with its own "vocab too small" message).
+  return max(0.98, min(target, covered / total - 1e-9))
 
 
 def train_tokenizer(documents, tok_config) -> Tokenizer:

@@ -1,0 +1,131 @@
+"""`run.py export`: an Orbax checkpoint → a Hugging Face LLaMA directory.
+
+Tensors are read from the checkpoint one at a time (Orbax partial restore) and
+written into safetensors shards of at most `hf.shard_mb`, so host memory holds
+one shard, not the model. The directory is built beside the target and moved
+into place only after the parity check passes.
+"""
+import json
+import os
+import shutil
+import time
+
+import ml_collections
+import numpy as np
+import orbax.checkpoint as ocp
+from safetensors.numpy import save_file
+
+from configs.errors import UserError
+from data_pipeline import tokenizer as tokenizer_lib
+from model import hf_convert
+from pretrain import hf_parity
+from pretrain import restore_params
+
+
+def read_leaf(state_dir, path):
+  item, args = {}, {}
+  hf_convert.set_path(item, ('params',) + path, 0)
+  hf_convert.set_path(args, ('params',) + path, ocp.RestoreArgs(restore_type=np.ndarray))
+  restored = ocp.PyTreeCheckpointer().restore(state_dir, args=ocp.args.PyTreeRestore(
+      item=item, restore_args=args, partial_restore=True))
+  return hf_convert.get_path(restored['params'], path)
+
+
+def tokenizer_files(tokenizer, out, max_len):
+  with open(os.path.join(out, 'tokenizer.model'), 'wb') as f:
+    f.write(tokenizer.model_proto)
+  special = {'bos_token': '<s>', 'eos_token': '</s>', 'unk_token': '<unk>', 'pad_token': '<pad>'}
+  with open(os.path.join(out, 'tokenizer_config.json'), 'w') as f:
+    json.dump({'tokenizer_class': 'LlamaTokenizer', 'add_bos_token': False,
+               'add_eos_token': False, 'legacy': False, 'add_prefix_space': False,
+               'model_max_length': max_len,
+               'additional_special_tokens': list(tokenizer_lib.CHAT_TOKENS), **special}, f,
+              indent=1)
+  with open(os.path.join(out, 'special_tokens_map.json'), 'w') as f:
+    json.dump(special, f, indent=1)
+
+
+def write_tensors(state_dir, model_cfg, out, shard_bytes):
+  shards, current, size = [], {}, 0
+  index = {}
+  for hf_name, path, to_hf, _ in hf_convert.tensor_map(model_cfg):
+    tensor = np.ascontiguousarray(to_hf(read_leaf(state_dir, path)))
+    if current and size + tensor.nbytes > shard_bytes:
+      shards.append(current)
+      current, size = {}, 0
+    current[hf_name] = tensor
+    size += tensor.nbytes
+    if size >= shard_bytes:
+      shards.append(current)
+      current, size = {}, 0
+    # write finished shards right away: memory holds at most one shard
+    while shards:
+      _flush(shards.pop(0), out, index)
+  if current:
+    _flush(current, out, index)
+  files = sorted(set(index.values()))
+  if len(files) == 1:
+    os.rename(os.path.join(out, files[0]), os.path.join(out, 'model.safetensors'))
+    return 1
+  total = len(files)
+  renamed = {name: f'model-{i + 1:05d}-of-{total:05d}.safetensors' for i, name in
+             enumerate(files)}
+  for old, new in renamed.items():
+    os.rename(os.path.join(out, old), os.path.join(out, new))
+  with open(os.path.join(out, 'model.safetensors.index.json'), 'w') as f:
+    json.dump({'metadata': {}, 'weight_map': {k: renamed[v] for k, v in index.items()}}, f,
+              indent=1)
+  return total
+
+
+def _flush(tensors, out, index):
+  name = f'part-{len(set(index.values())):05d}.safetensors'
+  save_file(tensors, os.path.join(out, name), metadata={'format': 'pt'})
+  for key in tensors:
+    index[key] = name
+
+
+def run_export(config, workdir, out, *, checkpoint=None, step=None, overwrite=False,
+               parity=True):
+  if not out:
+    raise UserError('--out is required: the directory to write the Hugging Face model into')
+  out = os.path.abspath(out)
+  if os.path.exists(out) and os.listdir(out) and not overwrite:
+    raise UserError(f'{out} exists and is not empty; choose another --out or pass --overwrite')
+  if parity:
+    hf_parity.import_hf()
+  directory, step = restore_params._locate(workdir, checkpoint, step)
+  manager = ocp.CheckpointManager(directory, item_names=('state', 'data', 'meta'))
+  meta = manager.restore(step, args=ocp.args.Composite(meta=ocp.args.JsonRestore()))['meta']
+  manager.close()
+  saved = ml_collections.ConfigDict(meta['config'])
+  tokenizer = tokenizer_lib.load_tokenizer(
+      tokenizer_lib.tokenizer_path(workdir, config.tokenizer), saved.model.vocab_size)
+  start = time.perf_counter()
+  staging = f'{out}.partial-{os.getpid()}'
+  shutil.rmtree(staging, ignore_errors=True)
+  os.makedirs(staging)
+  try:
+    state_dir = os.path.join(directory, str(step), 'state')
+    shards = write_tensors(state_dir, saved.model, staging, config.hf.shard_mb * 2**20)
+    with open(os.path.join(staging, 'config.json'), 'w') as f:
+      json.dump(hf_convert.hf_config(saved.model, tokenizer), f, indent=1)
+    with open(os.path.join(staging, 'generation_config.json'), 'w') as f:
+      json.dump({'bos_token_id': tokenizer.bos_id, 'eos_token_id': tokenizer.eos_id,
+                 'pad_token_id': tokenizer.pad_id}, f, indent=1)
+    tokenizer_files(tokenizer, staging, saved.model.max_seq_len)
+    result = {'out': out, 'step': step, 'shards': shards}
+    if parity:
+      params = {}
+      for _, path, _, _ in hf_convert.tensor_map(saved.model):
+        hf_convert.set_path(params, path, read_leaf(state_dir, path))
+      result['parity'] = hf_parity.compare(saved.model, params, staging,
+                                           config.hf.parity_sequences)
+      hf_parity.check(result['parity'], config.hf.parity_tolerance)
+    if os.path.exists(out):
+      shutil.rmtree(out)
+    os.rename(staging, out)
+  finally:
+    shutil.rmtree(staging, ignore_errors=True)
+  result['seconds'] = time.perf_counter() - start
+  return result

@@ -1,0 +1,115 @@
+"""`run.py import`: a local Hugging Face LLaMA directory → an Orbax checkpoint.
+
+The result is step 0 of WORKDIR/checkpoints with a fresh optimizer state, plus
+WORKDIR/config.json and (if the directory has one) the SentencePiece tokenizer,
+so `pretrain` (continued pretraining) and later stages start from it:
+`python run.py pretrain --config=configs/from_workdir.py:WORKDIR --workdir=WORKDIR`.
+"""
+import json
+import os
+import shutil
+import time
+
+import jax
+import numpy as np
+from flax import nnx
+from safetensors import safe_open
+
+from configs import base
+from configs.errors import UserError
+from configs.validate import validate
+from data_pipeline import tokenizer as tokenizer_lib
+from model import hf_convert
+from model import transformer
+from pretrain import checkpointing
+from pretrain import hf_parity
+from pretrain import mesh as mesh_lib
+from pretrain import optimizer
+from pretrain import train_state
+
+
+def _safetensor_files(hf_dir):
+  index = os.path.join(hf_dir, 'model.safetensors.index.json')
+  if os.path.exists(index):
+    with open(index) as f:
+      weight_map = json.load(f)['weight_map']
+    return {name: os.path.join(hf_dir, file) for name, file in weight_map.items()}
+  single = os.path.join(hf_dir, 'model.safetensors')
+  if not os.path.exists(single):
+    raise UserError(f'no model.safetensors (or model.safetensors.index.json) in {hf_dir}; '
+                    'only safetensors checkpoints are read')
+  with safe_open(single, framework='numpy') as f:
+    return {name: single for name in f.keys()}
+
+
+def imported_config(hf, config):
+  fields = hf_convert.model_fields_from_hf(hf)
+  imported = base.get_config()
+  for key, value in fields.items():
+    imported.model[key] = value
+  imported.tokenizer.vocab_size = fields['vocab_size']
+  imported.data.seq_len = min(config.data.seq_len, fields['max_seq_len'])
+  imported.model.attention_block = config.model.attention_block
+  validate(imported)
+  return imported
+
+
+def run_import(config, hf_dir, workdir, parity=True):
+  if not hf_dir or not os.path.isfile(os.path.join(hf_dir, 'config.json')):
+    raise UserError(f'--hf_dir={hf_dir} has no config.json; give a local Hugging Face model '
+                    'directory')
+  if os.path.isdir(os.path.join(workdir, 'checkpoints')) and os.listdir(
+      os.path.join(workdir, 'checkpoints')):
+    raise UserError(f'{workdir} already has checkpoints; import into a new workdir')
+  if parity:
+    hf_parity.import_hf()
+  with open(os.path.join(hf_dir, 'config.json')) as f:
+    hf = json.load(f)
+  imported = imported_config(hf, config)
+  cfg = imported.model
+  tokenizer = None
+  sp_model = os.path.join(hf_dir, 'tokenizer.model')
+  if os.path.exists(sp_model):
+    tokenizer = tokenizer_lib.load_tokenizer(sp_model)
+    if tokenizer.vocab_size != cfg.vocab_size:
+      raise UserError(f'{sp_model} has {tokenizer.vocab_size} pieces but config.json says '
+                      f'vocab_size={cfg.vocab_size}; the directory is inconsistent')
+  start = time.perf_counter()
+  files = _safetensor_files(hf_dir)
+  abstract = transformer.abstract_model(cfg)
+  shapes = jax.tree.map(lambda x: x.shape, nnx.to_pure_dict(nnx.state(abstract, nnx.Param)))
+  params = {}
+  for hf_name, path, _, from_hf in hf_convert.tensor_map(cfg):
+    if hf_name not in files:
+      raise UserError(f'tensor {hf_name} is missing from the safetensors files in {hf_dir}')
+    with safe_open(files[hf_name], framework='numpy') as f:
+      tensor = f.get_tensor(hf_name)
+    value = from_hf(tensor.astype(np.float32))
+    hf_convert.set_path(params, path, hf_convert.check_shape(
+        hf_name, value, hf_convert.get_path(shapes, path)))
+  result = {'step': 0, 'hf_dir': hf_dir}
+  if parity:
+    result['parity'] = hf_parity.compare(cfg, params, hf_dir, config.hf.parity_sequences)
+    hf_parity.check(result['parity'], config.hf.parity_tolerance)
+  mesh = mesh_lib.make_mesh(config.mesh)
+  spec = train_state.ModelSpec(cfg, mesh)
+  tx = optimizer.make_optimizer(imported.train)
+  _, shardings = train_state.abstract_train_state(spec, tx)
+  params = jax.device_put(params, shardings['params'])
+  state = jax.jit(lambda p: {'step': np.int32(0), 'params': p, 'opt_state': tx.init(p)},
+                  out_shardings=shardings)(params)
+  if tokenizer is not None:
+    os.makedirs(os.path.join(workdir, 'tokenizer'), exist_ok=True)
+    shutil.copyfile(sp_model, os.path.join(workdir, 'tokenizer', tokenizer_lib.MODEL_FILE))
+  manager = checkpointing.make_manager(workdir, imported.checkpoint)
+  meta = {'config': json.loads(imported.to_json()), 'wall_time': time.time(),
+          'tokenizer_fingerprint': tokenizer.fingerprint if tokenizer else None,
+          'git_commit': checkpointing.git_commit(), 'imported_from': os.path.abspath(hf_dir)}
+  checkpointing.save(manager, 0, state, {'shards': {}}, meta, force=True)
+  manager.wait_until_finished()
+  manager.close()
+  with open(os.path.join(workdir, 'config.json'), 'w') as f:
+    f.write(imported.to_json(indent=1))
+  result['seconds'] = time.perf_counter() - start
+  result['params'] = int(sum(np.prod(x.shape) for x in jax.tree.leaves(params)))
+  return result
