@@ -28,6 +28,8 @@ _RESUME = flags.DEFINE_bool('resume', True, 'Training stages: continue from the 
                             'complete checkpoint in the workdir.')
 _VERIFY_RESUME = flags.DEFINE_bool('verify_resume', False, 'pretrain: train, restart halfway in '
                                    'a fresh process, and check the result is bitwise equal.')
+_QUANTIZE = flags.DEFINE_enum('quantize', 'none', ['none', 'int8'], 'eval/generate: int8 '
+                              'weight-only quantization of the linear layers.')
 _OUT = flags.DEFINE_string('out', None, 'export: the Hugging Face directory to write.')
 _HF_DIR = flags.DEFINE_string('hf_dir', None, 'import: a local Hugging Face LLaMA directory.')
 _PARITY = flags.DEFINE_bool('parity', True, 'export/import: compare logits with transformers.')
@@ -126,7 +128,7 @@ def run_command(command, config, workdir):
     summary = evaluate.run_eval(
         config, workdir, checkpoint=_CHECKPOINT.value, step=_STEP.value,
         eval_files=_EVAL_FILES.value, seq_len=_SEQ_LEN.value, stride=_STRIDE.value,
-        batch_size=_BATCH_SIZE.value, max_batches=_MAX_BATCHES.value)
+        batch_size=_BATCH_SIZE.value, max_batches=_MAX_BATCHES.value, quantize=_QUANTIZE.value)
     print(evaluate.format_summary(summary))
     if _JSON.value:
       print(json.dumps(summary))
@@ -135,7 +137,7 @@ def run_command(command, config, workdir):
     result = sampling.run_generate(
         config, workdir, _PROMPT.value, checkpoint=_CHECKPOINT.value, step=_STEP.value,
         max_new_tokens=_MAX_NEW_TOKENS.value, temperature=_TEMPERATURE.value,
-        top_k=_TOP_K.value, top_p=_TOP_P.value, seed=_SEED.value)
+        top_k=_TOP_K.value, top_p=_TOP_P.value, seed=_SEED.value, quantize=_QUANTIZE.value)
     for sample in result['samples']:
       print(f'--- {sample["prompt"]!r} ({sample["tokens"]} tokens)\n{sample["prompt"]}'
             f'{sample["text"]}')

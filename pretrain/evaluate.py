@@ -18,6 +18,7 @@ from configs.errors import UserError
 from data_pipeline import documents as documents_lib
 from data_pipeline import tfds_corpus
 from data_pipeline.global_batch import make_global_batch
+from model import quantize as quantize_lib
 from pretrain import restore_params
 from pretrain.train_step import with_mesh
 
@@ -49,6 +50,7 @@ def _pad(row, seq_len):
 
 def make_score_fn(spec):
   def score(params, batch):
+    params = quantize_lib.dequantize(params)  # no-op unless --quantize=int8
     logits = spec.apply(params, batch['inputs'], batch['positions'], batch['segment_ids'])
     logits = logits.astype(jnp.float32)
     log_z = jax.nn.logsumexp(logits, axis=-1)
@@ -76,9 +78,10 @@ def eval_sets(config, workdir, eval_files):
 
 
 def run_eval(config, workdir, *, checkpoint=None, step=None, eval_files=(), seq_len=None,
-             stride=None, batch_size=8, max_batches=0):
+             stride=None, batch_size=8, max_batches=0, quantize=None):
   model_cfg, params, tokenizer, spec, saved, step = restore_params.load(
       workdir, config, checkpoint, step)
+  params, weight_info = quantize_params(params, quantize)
   seq_len = saved.data.seq_len if seq_len is None else seq_len
   stride = seq_len if stride is None else stride
   if not 1 <= stride <= seq_len:
@@ -123,9 +126,23 @@ def run_eval(config, workdir, *, checkpoint=None, step=None, eval_files=(), seq_
   summary = {'loss': nll / tokens, 'perplexity': math.exp(nll / tokens),
              'bits_per_byte': nll / math.log(2) / total_bytes, 'tokens': tokens,
              'bytes': total_bytes, 'step': step, 'tokens_per_s': tokens / elapsed,
+             **weight_info,
              'files': {name: {k: r[k] for k in ('loss', 'tokens', 'bits_per_byte')}
                        | {'perplexity': math.exp(r['loss'])} for name, r in results.items()}}
   return summary
+
+
+def quantize_params(params, quantize):
+  """(params as the model will hold them, {stored linear weight bytes, mode})."""
+  if quantize not in (None, '', 'none', 'int8'):
+    raise UserError(f'--quantize={quantize} is not supported; use int8 or leave it out')
+  full = quantize_lib.weight_bytes(jax.device_get(params))
+  if quantize != 'int8':
+    return params, {'quantize': 'none', 'linear_weight_bytes': full}
+  quantized = quantize_lib.quantize(jax.device_get(params))
+  stored = quantize_lib.weight_bytes(quantized)
+  return quantized, {'quantize': 'int8', 'linear_weight_bytes': stored,
+                     'linear_weight_bytes_float32': full}
 
 
 def format_summary(summary):
@@ -136,4 +153,7 @@ def format_summary(summary):
   lines.append(f'{"overall (step " + str(summary["step"]) + ")":<40} {summary["tokens"]:>9} '
                f'{summary["loss"]:>8.4f} {summary["perplexity"]:>9.2f} '
                f'{summary["bits_per_byte"]:>9.4f}')
+  if summary.get('quantize') == 'int8':
+    lines.append(f'int8 linear weights: {summary["linear_weight_bytes"] / 2**20:.2f} MiB '
+                 f'(float32: {summary["linear_weight_bytes_float32"] / 2**20:.2f} MiB)')
   return '\n'.join(lines)

@@ -8,6 +8,8 @@ from flax import nnx
 
 from configs.errors import UserError
 from model import decode
+from model import quantize as quantize_lib
+from pretrain import evaluate
 from pretrain import restore_params
 from pretrain.train_step import with_mesh
 
@@ -25,19 +27,20 @@ def check_sampling_flags(temperature, top_k, top_p, max_new_tokens):
 
 def make_generate_fn(spec, max_new_tokens, temperature, top_k, top_p, eos_id):
   def run(params, prompt, lengths, key):
-    model = nnx.merge(spec.graphdef, params)
+    model = nnx.merge(spec.graphdef, quantize_lib.dequantize(params))
     return decode.generate(model, prompt, lengths, key, max_new_tokens=max_new_tokens,
                            temperature=temperature, top_k=top_k, top_p=top_p, eos_id=eos_id)
   return with_mesh(spec.mesh, jax.jit(run))
 
 
 def run_generate(config, workdir, prompts, *, checkpoint=None, step=None, max_new_tokens=64,
-                 temperature=0.8, top_k=0, top_p=1.0, seed=0):
+                 temperature=0.8, top_k=0, top_p=1.0, seed=0, quantize=None):
   check_sampling_flags(temperature, top_k, top_p, max_new_tokens)
   if not prompts:
     raise UserError('give at least one --prompt')
   model_cfg, params, tokenizer, spec, _, step = restore_params.load(
       workdir, config, checkpoint, step)
+  params, weight_info = evaluate.quantize_params(params, quantize)
   encoded = [[tokenizer.bos_id] + tokenizer.encode(p) for p in prompts]
   longest = max(map(len, encoded))
   if longest + max_new_tokens > model_cfg.max_seq_len:
@@ -59,6 +62,6 @@ def run_generate(config, workdir, prompts, *, checkpoint=None, step=None, max_ne
     ids = [int(t) for t in tokens[row, :counts[row]] if t != tokenizer.eos_id]
     samples.append({'prompt': text, 'text': tokenizer.decode(ids),
                     'tokens': int(counts[row]), 'ids': ids})
-  return {'samples': samples, 'step': step, 'seconds_with_compile': elapsed}
+  return {'samples': samples, 'step': step, 'seconds_with_compile': elapsed, **weight_info}
 
 

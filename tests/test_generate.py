@@ -94,6 +94,9 @@ def test_generate_cli_and_bad_input(trained):
   a, b = (json.loads(r.stdout.strip().splitlines()[-1]) for r in (one, two))
   assert [s['ids'] for s in a['samples']] == [s['ids'] for s in b['samples']]
   assert all(1 <= s['tokens'] <= 12 for s in a['samples'])
+  quantized = run_cli('generate', *args, '--temperature=0', '--quantize=int8', '--json')
+  q = json.loads(quantized.stdout.strip().splitlines()[-1])
+  assert q['quantize'] == 'int8' and all(1 <= s['tokens'] <= 12 for s in q['samples'])
   before = sorted(os.listdir(trained))
   for extra, fragment in [(['--top_p=0'], '--top_p=0'), (['--top_p=1.5'], '--top_p=1.5'),
                           (['--temperature=-1'], 'negative'),
