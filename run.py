@@ -129,20 +129,24 @@ def run_command(command, config, workdir):
         config, workdir, checkpoint=_CHECKPOINT.value, step=_STEP.value,
         eval_files=_EVAL_FILES.value, seq_len=_SEQ_LEN.value, stride=_STRIDE.value,
         batch_size=_BATCH_SIZE.value, max_batches=_MAX_BATCHES.value, quantize=_QUANTIZE.value)
-    print(evaluate.format_summary(summary))
-    if _JSON.value:
-      print(json.dumps(summary))
+    import jax
+    if jax.process_index() == 0:
+      print(evaluate.format_summary(summary))
+      if _JSON.value:
+        print(json.dumps(summary))
   elif command == 'generate':
     from pretrain import sampling
     result = sampling.run_generate(
         config, workdir, _PROMPT.value, checkpoint=_CHECKPOINT.value, step=_STEP.value,
         max_new_tokens=_MAX_NEW_TOKENS.value, temperature=_TEMPERATURE.value,
         top_k=_TOP_K.value, top_p=_TOP_P.value, seed=_SEED.value, quantize=_QUANTIZE.value)
-    for sample in result['samples']:
-      print(f'--- {sample["prompt"]!r} ({sample["tokens"]} tokens)\n{sample["prompt"]}'
-            f'{sample["text"]}')
-    if _JSON.value:
-      print(json.dumps(result, ensure_ascii=False))
+    import jax
+    if jax.process_index() == 0:
+      for sample in result['samples']:
+        print(f'--- {sample["prompt"]!r} ({sample["tokens"]} tokens)\n{sample["prompt"]}'
+              f'{sample["text"]}')
+      if _JSON.value:
+        print(json.dumps(result, ensure_ascii=False))
   elif command == 'export':
     from pretrain import hf_export
     result = hf_export.run_export(config, workdir, _OUT.value, checkpoint=_CHECKPOINT.value,

@@ -18,6 +18,7 @@ from configs.errors import UserError
 from data_pipeline import documents as documents_lib
 from data_pipeline import tfds_corpus
 from data_pipeline.global_batch import make_global_batch
+from data_pipeline.global_batch import process_row_block
 from model import quantize as quantize_lib
 from pretrain import restore_params
 from pretrain.train_step import with_mesh
@@ -81,7 +82,7 @@ def run_eval(config, workdir, *, checkpoint=None, step=None, eval_files=(), seq_
              stride=None, batch_size=8, max_batches=0, quantize=None):
   model_cfg, params, tokenizer, spec, saved, step = restore_params.load(
       workdir, config, checkpoint, step)
-  params, weight_info = quantize_params(params, quantize)
+  params, weight_info = quantize_params(params, quantize, spec.mesh)
   seq_len = saved.data.seq_len if seq_len is None else seq_len
   stride = seq_len if stride is None else stride
   if not 1 <= stride <= seq_len:
@@ -91,6 +92,9 @@ def run_eval(config, workdir, *, checkpoint=None, step=None, eval_files=(), seq_
                     f'{model_cfg.max_seq_len}; lower it')
   data_ways = spec.mesh.shape['data'] * spec.mesh.shape['fsdp']
   batch_size = -(-batch_size // data_ways) * data_ways
+  # Every process builds the same windows and feeds its own block of rows.
+  block, blocks = process_row_block(spec.mesh, batch_size)
+  mine = slice(block * batch_size // blocks, (block + 1) * batch_size // blocks)
   score = make_score_fn(spec)
   results, row_limit, rows_used = {}, max_batches * batch_size or math.inf, 0
   start = time.perf_counter()
@@ -112,7 +116,8 @@ def run_eval(config, workdir, *, checkpoint=None, step=None, eval_files=(), seq_
           batch_size - len(chunk))
       arrays = [np.stack(a) for a in zip(*chunk)]
       batch = dict(zip(('inputs', 'targets', 'weights', 'segment_ids', 'positions'), arrays))
-      nll += float(jnp.sum(score(params, make_global_batch(batch, spec.mesh))))
+      local = {k: v[mine] for k, v in batch.items()}
+      nll += float(jnp.sum(score(params, make_global_batch(local, spec.mesh))))
       tokens += float(arrays[2].sum())
     if tokens:
       results[name] = {'loss': nll / tokens, 'nll': nll, 'tokens': int(tokens),
@@ -132,7 +137,7 @@ def run_eval(config, workdir, *, checkpoint=None, step=None, eval_files=(), seq_
   return summary
 
 
-def quantize_params(params, quantize):
+def quantize_params(params, quantize, mesh):
   """(params as the model will hold them, {stored linear weight bytes, mode})."""
   if quantize not in (None, '', 'none', 'int8'):
     raise UserError(f'--quantize={quantize} is not supported; use int8 or leave it out')
@@ -141,6 +146,9 @@ def quantize_params(params, quantize):
     return params, {'quantize': 'none', 'linear_weight_bytes': full}
   quantized = quantize_lib.quantize(jax.device_get(params))
   stored = quantize_lib.weight_bytes(quantized)
+  replicated = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec())
+  quantized = jax.tree.map(lambda x: jax.make_array_from_process_local_data(replicated, x),
+                           quantized)
   return quantized, {'quantize': 'int8', 'linear_weight_bytes': stored,
                      'linear_weight_bytes_float32': full}
 

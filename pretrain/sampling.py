@@ -2,7 +2,6 @@
 import time
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
@@ -30,7 +29,8 @@ def make_generate_fn(spec, max_new_tokens, temperature, top_k, top_p, eos_id):
     model = nnx.merge(spec.graphdef, quantize_lib.dequantize(params))
     return decode.generate(model, prompt, lengths, key, max_new_tokens=max_new_tokens,
                            temperature=temperature, top_k=top_k, top_p=top_p, eos_id=eos_id)
-  return with_mesh(spec.mesh, jax.jit(run))
+  replicated = jax.sharding.NamedSharding(spec.mesh, jax.sharding.PartitionSpec())
+  return with_mesh(spec.mesh, jax.jit(run, out_shardings=(replicated, replicated)))
 
 
 def run_generate(config, workdir, prompts, *, checkpoint=None, step=None, max_new_tokens=64,
@@ -40,7 +40,7 @@ def run_generate(config, workdir, prompts, *, checkpoint=None, step=None, max_ne
     raise UserError('give at least one --prompt')
   model_cfg, params, tokenizer, spec, _, step = restore_params.load(
       workdir, config, checkpoint, step)
-  params, weight_info = evaluate.quantize_params(params, quantize)
+  params, weight_info = evaluate.quantize_params(params, quantize, spec.mesh)
   encoded = [[tokenizer.bos_id] + tokenizer.encode(p) for p in prompts]
   longest = max(map(len, encoded))
   if longest + max_new_tokens > model_cfg.max_seq_len:
@@ -53,9 +53,13 @@ def run_generate(config, workdir, prompts, *, checkpoint=None, step=None, max_ne
   lengths = np.asarray([len(ids) for ids in encoded], np.int32)
   fn = make_generate_fn(spec, max_new_tokens, float(temperature), int(top_k), float(top_p),
                         tokenizer.eos_id)
+  replicated = jax.sharding.NamedSharding(spec.mesh, jax.sharding.PartitionSpec())
+  # Global (replicated) inputs, so the same call works when params span processes.
+  prompt, lengths = (jax.make_array_from_process_local_data(replicated, x)
+                     for x in (prompt, lengths))
   start = time.perf_counter()
-  tokens, counts = fn(params, jnp.asarray(prompt), jnp.asarray(lengths), jax.random.key(seed))
-  tokens, counts = np.asarray(tokens), np.asarray(counts)
+  tokens, counts = fn(params, prompt, lengths, jax.random.key(seed))
+  tokens, counts = (np.asarray(x.addressable_data(0)) for x in (tokens, counts))
   elapsed = time.perf_counter() - start
   samples = []
   for row, text in enumerate(prompts):

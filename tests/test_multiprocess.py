@@ -143,3 +143,23 @@ def test_launcher_reports_a_failing_process(tmp_path):
   assert '[p0] error: no tokenizer at' in result.stdout or '[p1] error: no tokenizer at' in \
       result.stdout
   assert 'launch: process' in result.stderr and 'exit code 2' in result.stderr
+
+
+def test_eval_and_generate_work_multi_process(runs):
+  _, two, _ = runs
+  eval_args = ['eval', f'--workdir={two}', '--max_batches=3', '--json']
+  gen_args = ['generate', f'--workdir={two}', '--prompt=Hello', '--prompt=你好',
+              '--temperature=0', '--max_new_tokens=8', '--json']
+  for args in (eval_args, gen_args):
+    single = run_cli(*args)
+    assert single.returncode == 0, single.stderr[-2000:]
+    multi = run_cli('launch', '--num_processes=2', '--devices_per_process=1', '--', *args)
+    assert multi.returncode == 0, multi.stdout[-3000:]
+    lines = [l for l in multi.stdout.splitlines() if l.startswith('[p0] {')]
+    assert len(lines) == 1 and not any(l.startswith('[p1] {') for l in multi.stdout.splitlines())
+    a = json.loads(single.stdout.strip().splitlines()[-1])
+    b = json.loads(lines[0][len('[p0] '):])
+    if 'loss' in a:
+      assert a['tokens'] == b['tokens'] and abs(a['loss'] - b['loss']) < 1e-6 * a['loss']
+    else:
+      assert [s['ids'] for s in a['samples']] == [s['ids'] for s in b['samples']]
