@@ -109,3 +109,13 @@ def test_prepare_refuses_a_workdir_built_from_other_files(prepared_workdir, tmp_
   result = run_cli('prepare', '--config=configs/tiny.py', f'--workdir={prepared_workdir}',
                    f'--config.data.train_files={other}')
   _assert_one_line_error(result, 'prepared from other files')
+
+
+def test_describe_builds_7b_abstractly_and_plans_memory():
+  result = run_cli('describe', '--config=configs/llama_7b.py', '--num_devices=64', '--json')
+  assert result.returncode == 0, result.stderr
+  report = json.loads(result.stdout.strip().splitlines()[-1])
+  assert report['params'] == 6_738_415_616
+  assert report['mesh'] == {'data': 1, 'fsdp': 64, 'tensor': 1}
+  # params + Adam mu/nu in float32, split 64 ways: 6.74e9 * 12 bytes / 64
+  assert abs(report['per_device_state_gib'] - 6_738_415_616 * 12 / 64 / 2**30) < 1e-6

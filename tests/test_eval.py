@@ -138,3 +138,17 @@ def test_quantize_round_trip_error_is_bounded():
     scale = q['block_0'][path[0]][path[1]]['scale']
     assert (np.abs(np.asarray(back['block_0'][path[0]][path[1]]) - w) <= scale / 2 + 1e-7).all()
   np.testing.assert_array_equal(back['block_0']['attn_norm']['scale'], 1.0)
+
+
+def test_eval_refuses_a_tokenizer_the_checkpoint_was_not_trained_with(trained, tmp_path):
+  from configs import tiny
+  from data_pipeline import documents, embedded
+  from data_pipeline import tokenizer as tokenizer_lib
+  config = tiny.get_config()
+  other = tokenizer_lib.train_tokenizer(  # same vocab size, other corpus
+      documents.iter_documents(embedded.VALIDATION_FILES, config.data), config.tokenizer)
+  tokenizer_lib.save_tokenizer(other, str(tmp_path / 'other'))
+  result = run_cli('eval', f'--workdir={trained}',
+                   f'--config.tokenizer.path={tmp_path / "other" / "tokenizer.model"}')
+  assert result.returncode == 2
+  assert 'not the one this checkpoint was trained with' in result.stderr.splitlines()[-1]
