@@ -1,7 +1,7 @@
 """Entry point: `python run.py <command> --config=configs/<file>.py --workdir=DIR`.
 
 Commands: tokenizer, prepare, pretrain, eval, generate, sft, reward, ppo, dpo,
-export, import, pipeline, launch, bench. Any config key can be overridden with
+export, import, pipeline, launch, bench, describe. Any config key can be overridden with
 `--config.section.key=value`. Mistakes a user can fix end with one `error:`
 line and exit code 2.
 """
@@ -62,6 +62,7 @@ _COORDINATOR = flags.DEFINE_string('coordinator_address', None, 'Multi-process: 
 _NUM_PROCESSES = flags.DEFINE_integer('num_processes', None, 'Multi-process: process count.')
 _PROCESS_ID = flags.DEFINE_integer('process_id', None, 'Multi-process: this process index.')
 
+NOT_BUILT = ('sft', 'reward', 'ppo', 'dpo')
 COMMANDS = ('tokenizer', 'prepare', 'pretrain', 'eval', 'generate', 'sft', 'reward', 'ppo',
             'dpo', 'export', 'import', 'pipeline', 'launch', 'bench', 'describe')
 
@@ -185,9 +186,8 @@ def run_command(command, config, workdir):
 def run_pretrain(config, workdir):
   from pretrain import trainer
   import jax
-  if jax.process_index() == 0:
-    write_resolved_config(config, workdir)
-  trainer.run_pretrain(config, workdir, resume=_RESUME.value)
+  trainer.run_pretrain(config, workdir, resume=_RESUME.value, on_ready=lambda: (
+      jax.process_index() == 0 and write_resolved_config(config, workdir)))
 
 
 def main(argv):
@@ -197,6 +197,8 @@ def main(argv):
   if len(argv) > 2 and argv[1] != 'launch':
     fail(f'unexpected arguments {argv[2:]}; flags take the form --name=value')
   command = argv[1]
+  if command in NOT_BUILT:
+    fail(f'command {command!r} is not built yet', code=3)
   if command == 'launch':
     from pretrain import launch
     try:

@@ -2,7 +2,7 @@
 
 Text files: one document per blank-line-separated block (or per file).
 JSONL files: one document per line, from a string field (default "text").
-Invalid UTF-8 is replaced by U+FFFD with a warning that counts the bad files,
+Invalid UTF-8 is replaced by U+FFFD with a warning naming the file,
 because scraped corpora often hold a few stray bytes and refusing the whole run
 for them helps nobody; the byte-fallback tokenizer can represent U+FFFD.
 """

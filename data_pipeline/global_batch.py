@@ -3,6 +3,8 @@ import jax
 import numpy as np
 from jax.sharding import NamedSharding, PartitionSpec
 
+from configs.errors import UserError
+
 BATCH_AXES = ('data', 'fsdp')  # rows are split over every data-parallel mesh axis
 
 
@@ -22,7 +24,11 @@ def process_row_block(mesh, global_rows):
   holds; data shards are assigned by it, so row order never depends on how
   processes are numbered."""
   sharding = batch_sharding(mesh)
-  starts = sorted({idx[0].start or 0 for idx in
-                   sharding.addressable_devices_indices_map((global_rows, 1)).values()})
-  local_rows = global_rows // jax.process_count()
-  return starts[0] // local_rows, jax.process_count()
+  rows = {(idx[0].start or 0, idx[0].stop or global_rows) for idx in
+          sharding.addressable_devices_indices_map((global_rows, 1)).values()}
+  local_rows = sum(stop - start for start, stop in rows)
+  if local_rows * jax.process_count() != global_rows:
+    raise UserError('this mesh gives processes overlapping batch rows (a tensor or fsdp axis '
+                    'spans hosts while data does not); order the mesh so that data and fsdp '
+                    'split across processes')
+  return min(start for start, _ in rows) // local_rows, jax.process_count()

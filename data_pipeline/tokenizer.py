@@ -30,8 +30,10 @@ class Tokenizer:
     self.model_proto = model_proto
     self.sp = spm.SentencePieceProcessor(model_proto=model_proto)
     self.vocab_size = self.sp.get_piece_size()
-    self.pad_id, self.unk_id = PAD_ID, UNK_ID
-    self.bos_id, self.eos_id = BOS_ID, EOS_ID
+    # From the model itself: an imported LLaMA tokenizer has unk 0, BOS 1, EOS 2
+    # and no pad; ours has pad 0, unk 1, BOS 2, EOS 3.
+    self.unk_id, self.bos_id, self.eos_id = self.sp.unk_id(), self.sp.bos_id(), self.sp.eos_id()
+    self.pad_id = self.sp.pad_id() if self.sp.pad_id() >= 0 else self.unk_id
     self.chat_ids = {name: self.sp.piece_to_id(name) for name in CHAT_TOKENS}
     self.fingerprint = hashlib.sha256(model_proto).hexdigest()[:16]
 

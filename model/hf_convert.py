@@ -69,8 +69,9 @@ def model_fields_from_hf(hf):
     raise UserError(f'unsupported architecture {arch} (model_type {hf.get("model_type")}); '
                     f'supported: {", ".join(SUPPORTED_ARCHITECTURES)}')
   rope = hf.get('rope_parameters') or hf.get('rope_scaling') or {}
-  if rope.get('rope_type', 'default') != 'default':
-    raise UserError(f'RoPE scaling {rope.get("rope_type")!r} is not supported; only plain RoPE')
+  kind = rope.get('rope_type', rope.get('type', 'default'))
+  if kind != 'default':
+    raise UserError(f'RoPE scaling {kind!r} is not supported; only plain RoPE')
   if hf.get('attention_bias') or hf.get('mlp_bias'):
     raise UserError('checkpoints with attention/MLP biases are not supported')
   heads = hf['num_attention_heads']

@@ -46,17 +46,19 @@ def dequantize(qparams, dtype=jnp.float32):
                       qparams, is_leaf=is_quantized)
 
 
-def weight_bytes(params, linear_only=True):
-  """Bytes of the (linear) weights as stored."""
+def weight_bytes(params):
+  """Bytes of the linear weights as stored (from shapes: nothing is copied)."""
   total = 0
+  def nbytes(x):
+    return int(np.prod(x.shape)) * np.dtype(x.dtype).itemsize
   def walk(tree):
     nonlocal total
     for key, value in tree.items():
       if is_quantized(value):
-        total += value['int8'].nbytes + value['scale'].nbytes
+        total += nbytes(value['int8']) + nbytes(value['scale'])
       elif isinstance(value, dict):
         walk(value)
-      elif key in INPUT_AXES or not linear_only:
-        total += np.asarray(value).nbytes
+      elif key in INPUT_AXES:
+        total += nbytes(value)
   walk(params)
   return total

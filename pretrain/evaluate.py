@@ -83,6 +83,8 @@ def run_eval(config, workdir, *, checkpoint=None, step=None, eval_files=(), seq_
   model_cfg, params, tokenizer, spec, saved, step = restore_params.load(
       workdir, config, checkpoint, step)
   params, weight_info = quantize_params(params, quantize, spec.mesh)
+  if batch_size < 1:
+    raise UserError(f'--batch_size={batch_size} must be >= 1')
   seq_len = saved.data.seq_len if seq_len is None else seq_len
   stride = seq_len if stride is None else stride
   if not 1 <= stride <= seq_len:
@@ -101,8 +103,8 @@ def run_eval(config, workdir, *, checkpoint=None, step=None, eval_files=(), seq_
   for name, docs in eval_sets(config, workdir, eval_files).items():
     rows, doc_bytes = [], 0
     for text in docs:
-      ids = np.asarray([tokenizer.bos_id] + tokenizer.encode(text) + [tokenizer.eos_id],
-                       np.int32)
+      bos = [tokenizer.bos_id] if saved.data.add_bos else []  # as in training
+      ids = np.asarray(bos + tokenizer.encode(text) + [tokenizer.eos_id], np.int32)
       doc_rows = windows(ids, seq_len, stride)
       if rows_used + len(rows) + len(doc_rows) > row_limit:
         break
@@ -141,7 +143,7 @@ def quantize_params(params, quantize, mesh):
   """(params as the model will hold them, {stored linear weight bytes, mode})."""
   if quantize not in (None, '', 'none', 'int8'):
     raise UserError(f'--quantize={quantize} is not supported; use int8 or leave it out')
-  full = quantize_lib.weight_bytes(jax.device_get(params))
+  full = quantize_lib.weight_bytes(params)
   if quantize != 'int8':
     return params, {'quantize': 'none', 'linear_weight_bytes': full}
   quantized = quantize_lib.quantize(jax.device_get(params))

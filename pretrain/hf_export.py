@@ -1,8 +1,9 @@
 """`run.py export`: an Orbax checkpoint → a Hugging Face LLaMA directory.
 
 Tensors are read from the checkpoint one at a time (Orbax partial restore) and
-written into safetensors shards of at most `hf.shard_mb`, so host memory holds
-one shard, not the model. The directory is built beside the target and moved
+written into safetensors shards of at most `hf.shard_mb`, so with --noparity
+host memory holds one shard, not the model (the parity check runs the whole
+model, so it needs it in memory). The directory is built beside the target and moved
 into place only after the parity check passes.
 """
 import json
@@ -10,6 +11,7 @@ import os
 import shutil
 import time
 
+import jax
 import ml_collections
 import numpy as np
 import orbax.checkpoint as ocp
@@ -87,6 +89,8 @@ def _flush(tensors, out, index):
 
 def run_export(config, workdir, out, *, checkpoint=None, step=None, overwrite=False,
                parity=True):
+  if jax.process_count() > 1:
+    raise UserError('export runs in a single process; start it without launch')
   if not out:
     raise UserError('--out is required: the directory to write the Hugging Face model into')
   out = os.path.abspath(out)
@@ -95,9 +99,7 @@ def run_export(config, workdir, out, *, checkpoint=None, step=None, overwrite=Fa
   if parity:
     hf_parity.import_hf()
   directory, step = restore_params._locate(workdir, checkpoint, step)
-  manager = ocp.CheckpointManager(directory, item_names=('state', 'data', 'meta'))
-  meta = manager.restore(step, args=ocp.args.Composite(meta=ocp.args.JsonRestore()))['meta']
-  manager.close()
+  meta = restore_params.read_meta(directory, step)
   saved = ml_collections.ConfigDict(meta['config'])
   tokenizer = tokenizer_lib.load_tokenizer(
       tokenizer_lib.tokenizer_path(workdir, config.tokenizer), saved.model.vocab_size)

@@ -38,7 +38,7 @@ def _safetensor_files(hf_dir):
   if not os.path.exists(single):
     raise UserError(f'no model.safetensors (or model.safetensors.index.json) in {hf_dir}; '
                     'only safetensors checkpoints are read')
-  with safe_open(single, framework='numpy') as f:
+  with safe_open(single, framework='flax') as f:
     return {name: single for name in f.keys()}
 
 
@@ -55,6 +55,8 @@ def imported_config(hf, config):
 
 
 def run_import(config, hf_dir, workdir, parity=True):
+  if jax.process_count() > 1:
+    raise UserError('import runs in a single process; start it without launch')
   if not hf_dir or not os.path.isfile(os.path.join(hf_dir, 'config.json')):
     raise UserError(f'--hf_dir={hf_dir} has no config.json; give a local Hugging Face model '
                     'directory')
@@ -82,9 +84,13 @@ def run_import(config, hf_dir, workdir, parity=True):
   for hf_name, path, _, from_hf in hf_convert.tensor_map(cfg):
     if hf_name not in files:
       raise UserError(f'tensor {hf_name} is missing from the safetensors files in {hf_dir}')
-    with safe_open(files[hf_name], framework='numpy') as f:
-      tensor = f.get_tensor(hf_name)
-    value = from_hf(tensor.astype(np.float32))
+    try:  # 'flax' reads bfloat16 too (most published LLaMA weights); numpy cannot
+      with safe_open(files[hf_name], framework='flax') as f:
+        tensor = np.asarray(f.get_tensor(hf_name).astype(np.float32))
+    except (OSError, ValueError, TypeError) as e:
+      raise UserError(f'cannot read tensor {hf_name} from {files[hf_name]} ({e}); the file is '
+                      'damaged or not safetensors') from None
+    value = from_hf(tensor)
     hf_convert.set_path(params, path, hf_convert.check_shape(
         hf_name, value, hf_convert.get_path(shapes, path)))
   result = {'step': 0, 'hf_dir': hf_dir}

@@ -1,14 +1,13 @@
-"""Loads a checkpoint's params (and its model config) for eval and generation."""
+"""Loads a checkpoint's params (and its model config) for eval, generate, export."""
 import os
 
+import jax
 import ml_collections
 import orbax.checkpoint as ocp
 
 from configs.errors import UserError
 from data_pipeline import tokenizer as tokenizer_lib
-from pretrain import checkpointing
 from pretrain import mesh as mesh_lib
-from pretrain import optimizer
 from pretrain import train_state
 
 
@@ -22,7 +21,11 @@ def _locate(workdir, checkpoint, step):
                       'WORKDIR/checkpoints/1000); give one that exists')
     return os.path.dirname(path), int(name)
   directory = os.path.join(workdir, 'checkpoints')
-  steps = ocp.CheckpointManager(directory).all_steps() if os.path.isdir(directory) else []
+  steps = []
+  if os.path.isdir(directory):
+    manager = ocp.CheckpointManager(directory)
+    steps = list(manager.all_steps())
+    manager.close()
   if not steps:
     raise UserError(f'no checkpoint in {directory}; run `python run.py pretrain` first or give '
                     '--checkpoint')
@@ -31,25 +34,38 @@ def _locate(workdir, checkpoint, step):
   return directory, step if step is not None else max(steps)
 
 
-def load(workdir, config, checkpoint=None, step=None, mesh_config=None):
+def read_meta(directory, step):
+  manager = ocp.CheckpointManager(directory, item_names=('state', 'data', 'meta'))
+  try:
+    return manager.restore(step, args=ocp.args.Composite(meta=ocp.args.JsonRestore()))['meta']
+  finally:
+    manager.close()
+
+
+def restore_params_only(state_dir, spec):
+  """Only the params (not the optimizer state), straight into their shardings."""
+  abstract = jax.eval_shape(spec.init_params, jax.random.key(0))
+  restore_args = jax.tree.map(lambda s: ocp.ArrayRestoreArgs(sharding=s), spec.param_shardings)
+  restored = ocp.PyTreeCheckpointer().restore(state_dir, args=ocp.args.PyTreeRestore(
+      item={'params': abstract}, restore_args={'params': restore_args}, partial_restore=True))
+  return restored['params']
+
+
+def load(workdir, config, checkpoint=None, step=None):
   """(model config, params on the mesh, tokenizer, ModelSpec, saved config, step)."""
   directory, step = _locate(workdir, checkpoint, step)
-  manager = ocp.CheckpointManager(directory, item_names=('state', 'data', 'meta'))
-  meta = manager.restore(step, args=ocp.args.Composite(meta=ocp.args.JsonRestore()))['meta']
+  meta = read_meta(directory, step)
   saved = ml_collections.ConfigDict(meta['config'])
   tokenizer = tokenizer_lib.load_tokenizer(
       tokenizer_lib.tokenizer_path(workdir, config.tokenizer), saved.model.vocab_size)
   if meta.get('tokenizer_fingerprint') not in (None, tokenizer.fingerprint):
     raise UserError('the tokenizer in the workdir is not the one this checkpoint was trained '
                     'with; point tokenizer.path at the original')
-  mesh = mesh_lib.make_mesh(mesh_config or config.mesh)
+  mesh = mesh_lib.make_mesh(config.mesh)
   spec = train_state.ModelSpec(saved.model, mesh)
-  abstract, _ = train_state.abstract_train_state(spec, optimizer.make_optimizer(saved.train))
   try:
-    state, _, _ = checkpointing.restore(manager, step, abstract)
-  except (ValueError, KeyError) as e:
-    raise UserError(f'checkpoint {directory}/{step} does not match its own model config '
+    params = restore_params_only(os.path.join(directory, str(step), 'state'), spec)
+  except (ValueError, KeyError, FileNotFoundError) as e:
+    raise UserError(f'checkpoint {directory}/{step} cannot be read for its own model config '
                     f'({str(e).splitlines()[0][:200]}); the checkpoint is damaged') from None
-  finally:
-    manager.close()  # stops Orbax's background loop before the interpreter exits
-  return saved.model, state['params'], tokenizer, spec, saved, step
+  return saved.model, params, tokenizer, spec, saved, step

@@ -13,13 +13,15 @@ from pretrain import restore_params
 from pretrain.train_step import with_mesh
 
 
-def check_sampling_flags(temperature, top_k, top_p, max_new_tokens):
+def check_sampling_flags(temperature, top_k, top_p, max_new_tokens, vocab_size):
   if temperature < 0:
     raise UserError(f'--temperature={temperature} is negative; use 0 (greedy) or more')
   if not 0 < top_p <= 1:
     raise UserError(f'--top_p={top_p} must be in (0, 1]; 1 turns nucleus sampling off')
   if top_k < 0:
     raise UserError(f'--top_k={top_k} is negative; use 0 (off) or more')
+  if top_k > vocab_size:
+    raise UserError(f'--top_k={top_k} exceeds the vocabulary ({vocab_size}); use at most that')
   if max_new_tokens < 1:
     raise UserError(f'--max_new_tokens={max_new_tokens} must be >= 1')
 
@@ -35,13 +37,14 @@ def make_generate_fn(spec, max_new_tokens, temperature, top_k, top_p, eos_id):
 
 def run_generate(config, workdir, prompts, *, checkpoint=None, step=None, max_new_tokens=64,
                  temperature=0.8, top_k=0, top_p=1.0, seed=0, quantize=None):
-  check_sampling_flags(temperature, top_k, top_p, max_new_tokens)
   if not prompts:
     raise UserError('give at least one --prompt')
-  model_cfg, params, tokenizer, spec, _, step = restore_params.load(
+  model_cfg, params, tokenizer, spec, saved, step = restore_params.load(
       workdir, config, checkpoint, step)
+  check_sampling_flags(temperature, top_k, top_p, max_new_tokens, model_cfg.vocab_size)
   params, weight_info = evaluate.quantize_params(params, quantize, spec.mesh)
-  encoded = [[tokenizer.bos_id] + tokenizer.encode(p) for p in prompts]
+  bos = [tokenizer.bos_id] if saved.data.add_bos else []  # as in training
+  encoded = [bos + tokenizer.encode(p) for p in prompts]
   longest = max(map(len, encoded))
   if longest + max_new_tokens > model_cfg.max_seq_len:
     raise UserError(f'a prompt of {longest} tokens plus --max_new_tokens={max_new_tokens} '

@@ -44,12 +44,20 @@ class StopRequest:
     self.signal = signal.Signals(signum).name
 
 
-def agree_on_stop(local_signal):
-  """The signal name if any process received one (a collective, every step)."""
-  flags = multihost_utils.process_allgather(np.asarray(int(local_signal is not None)))
-  if not np.any(flags):
-    return None
-  return local_signal or 'SIGTERM (on another process)'
+def agree(local_signal, local_due_by_time):
+  """(signal, due_by_time) as every process will act on them.
+
+  One allgather per step when there are several processes: a signal or a
+  clock-based save seen by one process is acted on by all at the same step, so
+  no process enters a collective save (or leaves the loop) alone.
+  """
+  if jax.process_count() == 1:
+    return local_signal, local_due_by_time
+  flags = multihost_utils.process_allgather(
+      np.asarray([int(local_signal is not None), int(bool(local_due_by_time))]))
+  flags = np.asarray(flags).reshape(-1, 2)
+  signal_name = (local_signal or 'SIGTERM (on another process)') if flags[:, 0].any() else None
+  return signal_name, bool(flags[:, 1].any())
 
 
 def evaluate(eval_fn, params, config, source, tokenizer, mesh, num_batches):
@@ -92,13 +100,14 @@ class Pretrainer:
     self.manager = checkpointing.make_manager(workdir, config.checkpoint)
     self.meta = checkpointing.metadata(config, self.tokenizer, self.mesh)
     self.state, self.shardings = self._restore_or_init(resume)
-    self.progress = None
+    self.progress = self.writer = None
 
   def _restore_or_init(self, resume):
     steps = sorted(self.manager.all_steps(), reverse=True) if resume else []
-    if not resume and self.manager.latest_step() is not None:
-      logging.warning('--noresume: starting fresh; existing checkpoints will be replaced as '
-                      'new ones are saved')
+    if not resume:  # a fresh run must never be mixed with an older run's steps
+      for step in self.manager.all_steps():
+        kept = self._set_aside(step, 'before-noresume')
+        print(f'pretrain: --noresume: set aside checkpoint {step} as {kept}', flush=True)
     for step in steps:  # newest first; an unreadable one falls back to the one before
       try:
         restored = self._restore(step)
@@ -154,13 +163,15 @@ class Pretrainer:
       self.manager.wait_until_finished()
       if self.progress is not None:
         self.progress.close()
+      if self.writer is not None:
+        self.writer.close()
 
   def _loop(self):
     config, train_cfg = self.config, self.config.train
     step_fn = train_step.make_train_step(self.spec, self.tx, self.schedule, self.shardings,
                                          train_cfg)
     eval_fn = train_step.make_eval_step(self.spec, self.shardings)
-    writer = MetricsWriter(self.workdir, enabled=self.is_primary)
+    writer = self.writer = MetricsWriter(self.workdir, enabled=self.is_primary)
     tokens_per_step = train_cfg.batch_size * config.data.seq_len
     flops_per_token = flops.train_flops_per_token(config.model, config.data.seq_len)
     peak = train_cfg.peak_tflops * 1e12 or flops.measure_matmul_peak()
@@ -174,7 +185,7 @@ class Pretrainer:
         mininterval=1.0 if sys.stderr.isatty() else 30.0)  # logs, not a screen: fewer lines
     window_start, window_steps = time.perf_counter(), 0
     eval_metrics = None
-    step = start
+    step, stopping = start, None
     if start == 0:  # every process evaluates (collectives); only process 0 writes
       eval_metrics = evaluate(eval_fn, self.state['params'], config, self.eval_source,
                               self.tokenizer, self.mesh, train_cfg.eval_batches)
@@ -220,24 +231,30 @@ class Pretrainer:
       due_by_time = (cfg_ckpt.save_every_minutes
                      and time.time() - last_save_time >= 60 * cfg_ckpt.save_every_minutes)
       stop_here = train_cfg.stop_after and step == train_cfg.stop_after
-      if jax.process_count() > 1:  # all processes must agree to stop at the same step
-        stop.signal = agree_on_stop(stop.signal)
-      if due_by_steps or due_by_time or step == train_cfg.steps or stop.signal or stop_here:
+      # Decide once, together; a signal arriving later is seen at the next step.
+      stopping, due_by_time = agree(stop.signal, due_by_time)
+      if due_by_steps or due_by_time or step == train_cfg.steps or stopping or stop_here:
         self.save(step, force=True)
         last_save_time = time.time()
-      if stop.signal or stop_here:
+      if stopping or stop_here:
         break
     progress.close()
     self.manager.wait_until_finished()
-    writer.close()
-    if stop.signal:
-      print(f'pretrain: {stop.signal} received; saved step {step} to '
+    if stopping:
+      print(f'pretrain: {stopping} received; saved step {step} to '
             f'{self.workdir}/checkpoints/{step}', flush=True)
     return {'step': step, **(eval_metrics or {})}
 
 
-def run_pretrain(config, workdir, resume=True):
+def run_pretrain(config, workdir, resume=True, on_ready=None):
+  """Builds the trainer (every check passes or raises) and trains.
+
+  `on_ready` runs once the checks passed, before training: that is when
+  WORKDIR/config.json may be replaced.
+  """
   trainer = Pretrainer(config, workdir, resume)
+  if on_ready is not None:
+    on_ready()
   result = trainer.run()
   if jax.process_index() == 0 and 'eval_loss' in result:
     print(f'pretrain: step {result["step"]}, eval_loss {result["eval_loss"]:.4f}, '

@@ -7,6 +7,7 @@ params must be bitwise equal; prints PASS or FAIL with the first differing step.
 """
 import json
 import os
+import shutil
 import subprocess
 import sys
 
@@ -15,6 +16,8 @@ import numpy as np
 import orbax.checkpoint as ocp
 
 from configs.errors import UserError
+from data_pipeline import tfds_corpus
+from data_pipeline import tokenizer as tokenizer_lib
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -48,8 +51,9 @@ def verify(config, workdir, passthrough_args):
     raise UserError('--verify_resume needs train.steps >= 2; set a small number like 20')
   k = steps // 2
   base = os.path.join(workdir, 'verify_resume')
-  shared = [f'--config.tokenizer.path={os.path.join(workdir, "tokenizer", "tokenizer.model")}',
-            f'--config.data.tfds_data_dir={os.path.join(workdir, "tfds")}',
+  shutil.rmtree(base, ignore_errors=True)  # a stale run must never be compared
+  shared = [f'--config.tokenizer.path={tokenizer_lib.tokenizer_path(workdir, config.tokenizer)}',
+            f'--config.data.tfds_data_dir={tfds_corpus.tfds_dir(config, workdir)}',
             '--config.train.log_every=1', '--config.checkpoint.save_every_steps=0',
             '--config.checkpoint.save_every_minutes=0', '--config.train.eval_every=0',
             '--config.checkpoint.keep=10', '--noresume']

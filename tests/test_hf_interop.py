@@ -151,3 +151,13 @@ def test_bad_input(hf_random, tmp_path, tiny_workdir):
   _one_line_error(run_cli('export', f'--workdir={imported}', f'--out={occupied}', '--noparity'),
                   'pass --overwrite')
   assert (occupied / 'keep.txt').read_text() == 'precious'
+
+
+def test_import_reads_bfloat16_checkpoints(hf_random, tmp_path):
+  _, model = hf_random
+  bf16_dir = tmp_path / 'bf16'
+  model.to(torch.bfloat16).save_pretrained(bf16_dir)
+  model.to(torch.float32)
+  result = _json(run_cli('import', f'--hf_dir={bf16_dir}', f'--workdir={tmp_path / "w"}',
+                         '--json'))
+  assert result['parity']['max_abs_logit_diff'] < 1e-4
