@@ -160,3 +160,21 @@ def test_verify_resume_command_passes(tiny_workdir, tmp_path):
                    '--config.train.steps=8')
   assert result.returncode == 0, result.stderr[-2000:]
   assert 'verify_resume: PASS: steps 5..8 after a restart at step 4' in result.stdout
+
+
+def test_keep_period_and_time_based_saving(tiny_workdir, tmp_path):
+  workdir = _fresh(tiny_workdir, tmp_path, 'keep')
+  result = run_cli('pretrain', *FAST, f'--workdir={workdir}', '--config.train.steps=10',
+                   '--config.train.eval_every=0', '--config.checkpoint.save_every_steps=1',
+                   '--config.checkpoint.keep=2', '--config.checkpoint.keep_period=4')
+  assert result.returncode == 0, result.stderr[-2000:]
+  steps = sorted(int(d) for d in os.listdir(os.path.join(workdir, 'checkpoints')) if d.isdigit())
+  assert steps == [4, 8, 9, 10]  # the latest 2, plus every 4th kept for good
+  timed = _fresh(tiny_workdir, tmp_path, 'timed')
+  result = run_cli('pretrain', *FAST, f'--workdir={timed}', '--config.train.steps=5',
+                   '--config.train.eval_every=0', '--config.checkpoint.save_every_steps=0',
+                   '--config.checkpoint.save_every_minutes=0.00001',
+                   '--config.checkpoint.keep=10')
+  assert result.returncode == 0, result.stderr[-2000:]
+  steps = sorted(int(d) for d in os.listdir(os.path.join(timed, 'checkpoints')) if d.isdigit())
+  assert steps == [1, 2, 3, 4, 5]
