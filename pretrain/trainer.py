@@ -259,4 +259,7 @@ def run_pretrain(config, workdir, resume=True, on_ready=None):
   if jax.process_index() == 0 and 'eval_loss' in result:
     print(f'pretrain: step {result["step"]}, eval_loss {result["eval_loss"]:.4f}, '
           f'eval_perplexity {result["eval_perplexity"]:.2f}', flush=True)
+  elif jax.process_index() == 0 and result['step'] >= config.train.steps:
+    print(f'pretrain: already at step {result["step"]} of train.steps={config.train.steps}; '
+          'nothing to train (raise train.steps to continue)', flush=True)
   return result
