@@ -9,24 +9,12 @@ import time
 
 import jax
 
-from bench.synthetic import synthetic_batch
-from data_pipeline.global_batch import batch_sharding
+from bench import synthetic
 from pretrain import flops
-from pretrain import mesh as mesh_lib
-from pretrain import optimizer
-from pretrain import train_state
-from pretrain import train_step
 
 
 def measure(config, steps, peak=None):
-  mesh = mesh_lib.make_mesh(config.mesh)
-  spec = train_state.ModelSpec(config.model, mesh)
-  tx = optimizer.make_optimizer(config.train)
-  state, shardings = train_state.create_train_state(spec, tx, config.seed)
-  step_fn = train_step.make_train_step(spec, tx, optimizer.learning_rate_schedule(config.train),
-                                       shardings, config.train)
-  batch = jax.device_put(synthetic_batch(config),
-                         batch_sharding(mesh))
+  _, state, step_fn, batch = synthetic.train_setup(config)
   start = time.perf_counter()
   state, metrics = step_fn(state, batch)
   jax.block_until_ready(metrics)

@@ -42,25 +42,22 @@ def state_shardings(spec, tx, abstract_state):
   return {'step': replicated, 'params': spec.param_shardings, 'opt_state': opt}
 
 
-def create_train_state(spec, tx, seed):
-  """Initialises on the mesh: each device only ever holds its own shards."""
+def _init_fn(spec, tx):
   def init(key):
     params = spec.init_params(key)
     return {'step': jnp.zeros((), jnp.int32), 'params': params, 'opt_state': tx.init(params)}
+  return init
 
-  key = jax.random.key(seed)
-  abstract = jax.eval_shape(init, key)
-  shardings = state_shardings(spec, tx, abstract)
-  return jax.jit(init, out_shardings=shardings)(key), shardings
+
+def create_train_state(spec, tx, seed):
+  """Initialises on the mesh: each device only ever holds its own shards."""
+  _, shardings = abstract_train_state(spec, tx)
+  return jax.jit(_init_fn(spec, tx), out_shardings=shardings)(jax.random.key(seed)), shardings
 
 
 def abstract_train_state(spec, tx):
   """ShapeDtypeStructs carrying shardings: the restore target for Orbax."""
-  def init(key):
-    params = spec.init_params(key)
-    return {'step': jnp.zeros((), jnp.int32), 'params': params, 'opt_state': tx.init(params)}
-
-  abstract = jax.eval_shape(init, jax.random.key(0))
+  abstract = jax.eval_shape(_init_fn(spec, tx), jax.random.key(0))
   shardings = state_shardings(spec, tx, abstract)
   return jax.tree.map(lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s),
                       abstract, shardings), shardings
