@@ -1,5 +1,7 @@
 """Runs run.py in a subprocess, as a user would."""
 import os
+import pathlib
+import shutil
 import subprocess
 import sys
 
@@ -13,3 +15,11 @@ def run_cli(*args, env=None, timeout=600, cwd=REPO):
   full_env.update(env or {})
   return subprocess.run([sys.executable, os.path.join(REPO, 'run.py'), *args], cwd=cwd,
                         env=full_env, capture_output=True, text=True, timeout=timeout)
+
+
+def fresh_workdir(prepared_workdir, path):
+  """A new workdir at `path` holding a copy of a prepared tokenizer and dataset."""
+  os.makedirs(path)
+  for part in ('tokenizer', 'tfds'):
+    shutil.copytree(os.path.join(prepared_workdir, part), os.path.join(path, part))
+  return pathlib.Path(path)

@@ -1,6 +1,5 @@
 """Checkpoints restore onto another mesh; a damaged latest one is skipped."""
 import os
-import shutil
 
 import jax
 import numpy as np
@@ -10,7 +9,7 @@ from pretrain import checkpointing
 from pretrain import mesh as mesh_lib
 from pretrain import optimizer
 from pretrain import train_state
-from tests.cli_helpers import run_cli
+from tests.cli_helpers import fresh_workdir, run_cli
 
 
 def _setup(mesh_axes, devices):
@@ -44,10 +43,7 @@ def test_restore_onto_a_different_mesh(tmp_path):
 
 
 def test_damaged_latest_checkpoint_falls_back_to_the_previous(tiny_workdir, tmp_path):
-  workdir = tmp_path / 'w'
-  workdir.mkdir()
-  for part in ('tokenizer', 'tfds'):
-    shutil.copytree(os.path.join(tiny_workdir, part), workdir / part)
+  workdir = fresh_workdir(tiny_workdir, tmp_path / 'w')
   args = ['--config=configs/tiny.py', '--config.data.seq_len=64', '--config.train.batch_size=8',
           '--config.train.eval_every=0', '--config.train.eval_batches=1',
           '--config.checkpoint.save_every_steps=2', '--config.train.peak_tflops=1.0',

@@ -3,13 +3,12 @@ windows that count every token once, bits per byte, and bad input."""
 import json
 import math
 import os
-import shutil
 
 import numpy as np
 import pytest
 
 from pretrain.evaluate import windows
-from tests.cli_helpers import run_cli
+from tests.cli_helpers import fresh_workdir, run_cli
 
 ARGS = ['--config=configs/tiny.py', '--config.data.seq_len=64', '--config.train.batch_size=8',
         '--config.train.eval_every=0', '--config.train.eval_batches=1',
@@ -29,10 +28,7 @@ def test_windows_score_every_token_exactly_once(n, seq_len, stride):
 
 @pytest.fixture(scope='module')
 def trained(tiny_workdir, tmp_path_factory):
-  workdir = tmp_path_factory.mktemp('eval') / 'w'
-  workdir.mkdir()
-  for part in ('tokenizer', 'tfds'):
-    shutil.copytree(os.path.join(tiny_workdir, part), workdir / part)
+  workdir = fresh_workdir(tiny_workdir, tmp_path_factory.mktemp('eval') / 'w')
   result = run_cli('pretrain', *ARGS, f'--workdir={workdir}', '--config.train.steps=20')
   assert result.returncode == 0, result.stderr[-2000:]
   return str(workdir)

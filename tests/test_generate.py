@@ -1,7 +1,6 @@
 """KV-cache decoding equals the full forward pass; sampling edge cases; the CLI."""
 import json
 import os
-import shutil
 
 import jax
 import jax.numpy as jnp
@@ -12,7 +11,7 @@ from flax import nnx
 from configs import tiny
 from model import decode
 from model import transformer
-from tests.cli_helpers import run_cli
+from tests.cli_helpers import fresh_workdir, run_cli
 
 PROMPT = np.array([[2, 10, 11, 12, 13, 14], [2, 20, 21, 0, 0, 0], [2, 30, 31, 32, 0, 0]],
                   np.int32)
@@ -74,10 +73,7 @@ def test_stop_at_eos(model):
 
 @pytest.fixture(scope='module')
 def trained(tiny_workdir, tmp_path_factory):
-  workdir = tmp_path_factory.mktemp('gen') / 'w'
-  workdir.mkdir()
-  for part in ('tokenizer', 'tfds'):
-    shutil.copytree(os.path.join(tiny_workdir, part), workdir / part)
+  workdir = fresh_workdir(tiny_workdir, tmp_path_factory.mktemp('gen') / 'w')
   result = run_cli('pretrain', '--config=configs/tiny.py', '--config.data.seq_len=64',
                    '--config.train.batch_size=8', '--config.train.steps=10',
                    '--config.train.eval_every=0', '--config.train.eval_batches=1',

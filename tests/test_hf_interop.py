@@ -6,7 +6,7 @@ import shutil
 import numpy as np
 import pytest
 
-from tests.cli_helpers import run_cli
+from tests.cli_helpers import fresh_workdir, run_cli
 
 torch = pytest.importorskip('torch')
 transformers = pytest.importorskip('transformers')
@@ -83,10 +83,7 @@ def _sp_model_with_vocab(tmp_path, vocab):
 
 
 def test_export_of_our_checkpoint_loads_in_transformers(tiny_workdir, tmp_path):
-  workdir = tmp_path / 'w'
-  workdir.mkdir()
-  for part in ('tokenizer', 'tfds'):
-    shutil.copytree(os.path.join(tiny_workdir, part), workdir / part)
+  workdir = fresh_workdir(tiny_workdir, tmp_path / 'w')
   trained = run_cli('pretrain', '--config=configs/tiny.py', '--config.data.seq_len=64',
                     '--config.train.batch_size=8', '--config.train.steps=5',
                     '--config.train.eval_every=0', '--config.train.eval_batches=1',

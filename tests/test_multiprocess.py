@@ -12,6 +12,7 @@ import time
 import pytest
 
 from tests.cli_helpers import REPO, run_cli
+from tests.cli_helpers import fresh_workdir as _fresh
 
 pytestmark = pytest.mark.slow
 ARGS = ['pretrain', '--config=configs/tiny.py', '--config.data.seq_len=64',
@@ -23,11 +24,6 @@ ARGS = ['pretrain', '--config=configs/tiny.py', '--config.data.seq_len=64',
 LOSS_RTOL = 1e-6
 
 
-def _fresh(tiny_workdir, path):
-  os.makedirs(path)
-  for part in ('tokenizer', 'tfds'):
-    shutil.copytree(os.path.join(tiny_workdir, part), os.path.join(path, part))
-  return str(path)
 
 
 def _two_processes(workdir, *extra):

@@ -2,7 +2,6 @@
 SIGKILL, SIGTERM checkpointing, and the errors a user can cause."""
 import json
 import os
-import shutil
 import signal
 import subprocess
 import sys
@@ -11,7 +10,7 @@ import time
 import numpy as np
 import pytest
 
-from tests.cli_helpers import REPO, run_cli
+from tests.cli_helpers import REPO, fresh_workdir, run_cli
 
 pytestmark = pytest.mark.slow
 FAST = ['--config=configs/tiny.py', '--config.data.seq_len=64', '--config.train.batch_size=8',
@@ -20,11 +19,7 @@ FAST = ['--config=configs/tiny.py', '--config.data.seq_len=64', '--config.train.
 
 
 def _fresh(tiny_workdir, tmp_path, name='run'):
-  workdir = tmp_path / name
-  workdir.mkdir()
-  for part in ('tokenizer', 'tfds'):
-    shutil.copytree(os.path.join(tiny_workdir, part), workdir / part)
-  return str(workdir)
+  return fresh_workdir(tiny_workdir, tmp_path / name)
 
 
 def _metrics(workdir):
