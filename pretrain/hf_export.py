@@ -47,22 +47,20 @@ def tokenizer_files(tokenizer, out, max_len):
     json.dump(special, f, indent=1)
 
 
-def write_tensors(state_dir, model_cfg, out, shard_bytes):
-  shards, current, size = [], {}, 0
-  index = {}
+def write_tensors(state_dir, model_cfg, out, shard_bytes, keep=None):
+  """Streams tensors into shards; `keep` (a dict) also receives each param as read,
+  so the parity check does not read the checkpoint a second time."""
+  current, size, index = {}, 0, {}
   for hf_name, path, to_hf, _ in hf_convert.tensor_map(model_cfg):
-    tensor = np.ascontiguousarray(to_hf(read_leaf(state_dir, path)))
-    if current and size + tensor.nbytes > shard_bytes:
-      shards.append(current)
+    leaf = read_leaf(state_dir, path)
+    if keep is not None:
+      hf_convert.set_path(keep, path, leaf)
+    tensor = np.ascontiguousarray(to_hf(leaf))
+    if current and size + tensor.nbytes > shard_bytes:  # memory holds one shard at most
+      _flush(current, out, index)
       current, size = {}, 0
     current[hf_name] = tensor
     size += tensor.nbytes
-    if size >= shard_bytes:
-      shards.append(current)
-      current, size = {}, 0
-    # write finished shards right away: memory holds at most one shard
-    while shards:
-      _flush(shards.pop(0), out, index)
   if current:
     _flush(current, out, index)
   files = sorted(set(index.values()))
@@ -98,7 +96,7 @@ def run_export(config, workdir, out, *, checkpoint=None, step=None, overwrite=Fa
     raise UserError(f'{out} exists and is not empty; choose another --out or pass --overwrite')
   if parity:
     hf_parity.import_hf()
-  directory, step = restore_params._locate(workdir, checkpoint, step)
+  directory, step = restore_params.locate(workdir, checkpoint, step)
   meta = restore_params.read_meta(directory, step)
   saved = ml_collections.ConfigDict(meta['config'])
   tokenizer = tokenizer_lib.load_tokenizer(
@@ -109,7 +107,8 @@ def run_export(config, workdir, out, *, checkpoint=None, step=None, overwrite=Fa
   os.makedirs(staging)
   try:
     state_dir = os.path.join(directory, str(step), 'state')
-    shards = write_tensors(state_dir, saved.model, staging, config.hf.shard_mb * 2**20)
+    params = {} if parity else None
+    shards = write_tensors(state_dir, saved.model, staging, config.hf.shard_mb * 2**20, params)
     with open(os.path.join(staging, 'config.json'), 'w') as f:
       json.dump(hf_convert.hf_config(saved.model, tokenizer), f, indent=1)
     with open(os.path.join(staging, 'generation_config.json'), 'w') as f:
@@ -118,9 +117,6 @@ def run_export(config, workdir, out, *, checkpoint=None, step=None, overwrite=Fa
     tokenizer_files(tokenizer, staging, saved.model.max_seq_len)
     result = {'out': out, 'step': step, 'shards': shards}
     if parity:
-      params = {}
-      for _, path, _, _ in hf_convert.tensor_map(saved.model):
-        hf_convert.set_path(params, path, read_leaf(state_dir, path))
       result['parity'] = hf_parity.compare(saved.model, params, staging,
                                            config.hf.parity_sequences)
       hf_parity.check(result['parity'], config.hf.parity_tolerance)

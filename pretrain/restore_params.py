@@ -11,7 +11,7 @@ from pretrain import mesh as mesh_lib
 from pretrain import train_state
 
 
-def _locate(workdir, checkpoint, step):
+def locate(workdir, checkpoint, step):
   """(checkpoints directory, step) from --checkpoint=PATH or --workdir [+ --step]."""
   if checkpoint:
     path = os.path.abspath(checkpoint)
@@ -53,7 +53,7 @@ def restore_params_only(state_dir, spec):
 
 def load(workdir, config, checkpoint=None, step=None):
   """(model config, params on the mesh, tokenizer, ModelSpec, saved config, step)."""
-  directory, step = _locate(workdir, checkpoint, step)
+  directory, step = locate(workdir, checkpoint, step)
   meta = read_meta(directory, step)
   saved = ml_collections.ConfigDict(meta['config'])
   tokenizer = tokenizer_lib.load_tokenizer(
