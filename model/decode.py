@@ -31,9 +31,10 @@ def forward_with_cache(model, tokens, start, cache):
   kv_index = jnp.broadcast_to(jnp.arange(cache[0]['k'].shape[1], dtype=jnp.int32),
                               (b, cache[0]['k'].shape[1]))
   mask = kv_index[:, None, :] <= q_index[:, :, None]
+  rope_cs = model.rope_tables(q_index)
   new_cache = []
   for block, layer_cache in zip(model.blocks(), cache):
-    q, k, v = block.attn.project_qkv(block.attn_norm(x), b, t, q_index)
+    q, k, v = block.attn.project_qkv(block.attn_norm(x), b, t, rope_cs)
     layer_cache = {'k': _write(layer_cache['k'], k, start),
                    'v': _write(layer_cache['v'], v, start)}
     out = attention_lib.reference(q, layer_cache['k'], layer_cache['v'], mask)

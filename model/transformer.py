@@ -8,6 +8,7 @@ Params are created in `param_dtype` (float32); matmuls run in `dtype`.
 """
 import jax
 import jax.numpy as jnp
+import numpy as np
 from flax import nnx
 
 from model import attention as attention_lib
@@ -23,12 +24,25 @@ def head_dim(cfg):
   return cfg.head_dim or cfg.d_model // cfg.num_heads
 
 
-def rope(x, positions, theta):
+def rope_tables(positions, dim, theta, max_len):
+  """(cos, sin) of the rotary angles, each (B, T, 1, dim/2), float32.
+
+  Looked up in a table computed once on the host rather than evaluated on
+  device: XLA fuses sin/cos into every consumer, so each layer's q and k, in
+  the forward and again in the backward pass, re-evaluated them for every head
+  (on CPU that cost more than the attention core). Positions must be below
+  `max_len` (validated by every caller; out-of-range ones read NaN).
+  """
+  freq = theta ** (-np.arange(0, dim // 2, dtype=np.float64) * 2.0 / dim)
+  angle = np.arange(max_len, dtype=np.float64)[:, None] * freq  # (max_len, D/2)
+  cos = jnp.take(jnp.asarray(np.cos(angle), jnp.float32), positions, axis=0)
+  sin = jnp.take(jnp.asarray(np.sin(angle), jnp.float32), positions, axis=0)
+  return cos[:, :, None, :], sin[:, :, None, :]
+
+
+def rope(x, tables):
   """Rotary embedding, half-split layout (as LLaMA in Hugging Face)."""
-  d = x.shape[-1]
-  freq = theta ** (-jnp.arange(0, d // 2, dtype=jnp.float32) * 2.0 / d)
-  angle = positions[..., None].astype(jnp.float32) * freq  # (B, T, D/2)
-  sin, cos = jnp.sin(angle)[:, :, None, :], jnp.cos(angle)[:, :, None, :]
+  cos, sin = tables
   x1, x2 = jnp.split(x.astype(jnp.float32), 2, axis=-1)
   return jnp.concatenate([x1 * cos - x2 * sin, x2 * cos + x1 * sin], axis=-1).astype(x.dtype)
 
@@ -57,14 +71,14 @@ class Attention(nnx.Module):
     self.wo = _param(rngs, (h, hd, d), ('heads', 'head_dim', 'embed'), out_std, pd)
     self.cfg = cfg
 
-  def project_qkv(self, x, batch, length, positions):
+  def project_qkv(self, x, batch, length, rope_cs):
     cfg, dtype = self.cfg, jnp.dtype(self.cfg.dtype)
     d, h, k, hd = cfg.d_model, cfg.num_heads, cfg.num_kv_heads, head_dim(cfg)
     q = (x @ self.wq[...].astype(dtype).reshape(d, h * hd)).reshape(batch, length, h, hd)
     kk = (x @ self.wk[...].astype(dtype).reshape(d, k * hd)).reshape(batch, length, k, hd)
     v = (x @ self.wv[...].astype(dtype).reshape(d, k * hd)).reshape(batch, length, k, hd)
-    q = constrain(rope(q, positions, cfg.rope_theta), 'batch', 'length', 'act_heads', None)
-    kk = constrain(rope(kk, positions, cfg.rope_theta), 'batch', 'length', 'act_kv_heads', None)
+    q = constrain(rope(q, rope_cs), 'batch', 'length', 'act_heads', None)
+    kk = constrain(rope(kk, rope_cs), 'batch', 'length', 'act_kv_heads', None)
     v = constrain(v, 'batch', 'length', 'act_kv_heads', None)
     return q, kk, v
 
@@ -73,8 +87,8 @@ class Attention(nnx.Module):
     b, t, h, hd = out.shape
     return out.reshape(b * t, h * hd) @ self.wo[...].astype(dtype).reshape(h * hd, cfg.d_model)
 
-  def __call__(self, x, batch, length, positions, mask):
-    q, k, v = self.project_qkv(x, batch, length, positions)
+  def __call__(self, x, batch, length, rope_cs, mask):
+    q, k, v = self.project_qkv(x, batch, length, rope_cs)
     out = attention_lib.attend(q, k, v, mask, self.cfg.attention, self.cfg.attention_block)
     return self.project_out(out)
 
@@ -104,8 +118,8 @@ class Block(nnx.Module):
     self.mlp_norm = RMSNorm(cfg.d_model, cfg.norm_eps, pd)
     self.mlp = MLP(cfg, rngs)
 
-  def __call__(self, x, batch, length, positions, mask):
-    x = x + self.attn(self.attn_norm(x), batch, length, positions, mask)
+  def __call__(self, x, batch, length, rope_cs, mask):
+    x = x + self.attn(self.attn_norm(x), batch, length, rope_cs, mask)
     x = constrain(x, 'batch', 'act_embed')
     x = x + self.mlp(self.mlp_norm(x))
     return constrain(x, 'batch', 'act_embed')
@@ -139,6 +153,9 @@ class Transformer(nnx.Module):
     x = jnp.take(self.embed[...], tokens.reshape(-1), axis=0).astype(dtype)
     return constrain(x, 'batch', 'act_embed'), b, t
 
+  def rope_tables(self, positions):
+    return rope_tables(positions, head_dim(self.cfg), self.cfg.rope_theta, self.cfg.max_seq_len)
+
   def logits(self, x, batch, length):
     dtype = jnp.dtype(self.cfg.dtype)
     x = self.final_norm(x)
@@ -151,11 +168,12 @@ class Transformer(nnx.Module):
     x, b, t = self.embed_tokens(tokens)
     index = jnp.broadcast_to(jnp.arange(t, dtype=jnp.int32), (b, t))
     mask = attention_lib.make_mask(segment_ids, segment_ids, index, index)
+    rope_cs = self.rope_tables(positions)
     for block in self.blocks():
       if self.cfg.remat == 'none':
-        x = block(x, b, t, positions, mask)
+        x = block(x, b, t, rope_cs, mask)
       else:
-        x = nnx.remat(lambda blk, h: blk(h, b, t, positions, mask),
+        x = nnx.remat(lambda blk, h: blk(h, b, t, rope_cs, mask),
                       policy=REMAT_POLICIES[self.cfg.remat])(block, x)
     return self.logits(x, b, t)
 
