@@ -34,6 +34,8 @@ _OUT = flags.DEFINE_string('out', None, 'export: the Hugging Face directory to w
 _HF_DIR = flags.DEFINE_string('hf_dir', None, 'import: a local Hugging Face LLaMA directory.')
 _PARITY = flags.DEFINE_bool('parity', True, 'export/import: compare logits with transformers.')
 _WITH_TORCH = flags.DEFINE_bool('with_torch', False, 'bench: also time the PyTorch peer.')
+_PROFILE = flags.DEFINE_bool('profile', False, 'bench: instead of the speed table, trace the '
+                              'train step and show where its time goes, op by op.')
 _JSON = flags.DEFINE_bool('json', False, 'Print one JSON object as the last stdout line.')
 _NUM_DEVICES = flags.DEFINE_integer('num_devices', None, 'describe: devices to plan the mesh '
                                     'for (default: this machine\'s).')
@@ -168,6 +170,13 @@ def run_command(command, config, workdir):
   elif command == 'bench':
     from bench import run_bench
     name = os.path.splitext(os.path.basename(flags.FLAGS['config'].config_filename))[0]
+    if _PROFILE.value:
+      from bench import step_profile
+      report = step_profile.profile(config, os.path.abspath(os.path.join(workdir, 'profile')))
+      print(step_profile.format_profile(report))
+      if _JSON.value:
+        print(json.dumps(report))
+      return
     result = run_bench.run_bench(config, workdir, name, with_torch=_WITH_TORCH.value)
     print(run_bench.format_table(result))
     print(f'bench: results written to {result["results_file"]}')

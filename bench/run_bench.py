@@ -11,6 +11,7 @@ import json
 import os
 import time
 
+from bench import attention_timing
 from bench import checkpoint_timing
 from bench import decode_timing
 from bench import train_step_timing
@@ -48,7 +49,8 @@ def torch_numbers(config, steps):
   from bench import torch_reference
   tokens = config.train.batch_size * config.data.seq_len
   out = {'torch_params': torch_reference.count_params(config.model),
-         'torch_matmul_peak_flops': torch_reference.matmul_peak()}
+         'torch_matmul_peak_flops': torch_reference.matmul_peak(),
+         'torch_attention_s': torch_reference.time_attention(config, steps)}
   for name, compiled in (('eager', False), ('compile', True)):
     step_s, first_s = torch_reference.time_train_step(config, compiled, steps)
     out[f'torch_{name}_tokens_per_s'] = tokens / step_s
@@ -61,6 +63,7 @@ def run_bench(config, workdir, config_name, with_torch=False, steps=5):
   peak = flops.measure_matmul_peak(size=4096)
   result = {'config': config_name, 'date': datetime.date.today().isoformat()}
   result.update(train_step_timing.measure(config, steps, peak=peak))
+  result.update(attention_timing.measure(config, steps))
   if config.train.peak_tflops:
     result['mfu_nominal'] = (result['model_tflops'] * 1e12 /
                              (config.train.peak_tflops * 1e12 * result['devices']))
@@ -89,6 +92,7 @@ def format_table(r):
           ('model TFLOP/s', f'{r["model_tflops"]:.3f}'),
           ('measured matmul peak', f'{r["peak_flops"] / 1e9:.0f} GFLOP/s'),
           ('MFU (measured peak)', f'{r["mfu"]:.1%}'),
+          ('attention core fwd+bwd, all layers', f'{r["attention_s"]:.3f} s'),
           ('peak RSS', f'{r["peak_rss_mb"]:,.0f} MB'),
           ('loader tokens/s', f'{r["loader_tokens_per_s"]:,.0f} ({r["loader_ratio"]:.1f}x '
                               'the step\'s demand)'),
@@ -105,6 +109,7 @@ def format_table(r):
              ('torch.compile tokens/s', f'{r["torch_compile_tokens_per_s"]:,.0f}'),
              ('ours / torch eager', f'{r["speedup_vs_torch_eager"]:.2f}x'),
              ('ours / torch.compile', f'{r["speedup_vs_torch_compile"]:.2f}x'),
+             ('torch SDPA attention core, all layers', f'{r["torch_attention_s"]:.3f} s'),
              ('torch matmul peak', f'{r["torch_matmul_peak_flops"] / 1e9:.0f} GFLOP/s')]
   width = max(len(k) for k, _ in rows)
   return '\n'.join(f'{k:<{width}}  {v}' for k, v in rows)

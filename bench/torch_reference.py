@@ -136,3 +136,23 @@ def matmul_peak(size=4096, repeats=5):
     a @ a
     best = min(best, time.perf_counter() - start)
   return 2 * size ** 3 / best
+
+
+def time_attention(config, steps=5):
+  """The model's attention core alone (SDPA, causal), forward + backward, × layers."""
+  from bench.attention_timing import median_seconds
+  m = config.model
+  hd = m.head_dim or m.d_model // m.num_heads
+  b, t = config.train.batch_size, config.data.seq_len
+  gen = torch.Generator().manual_seed(0)
+  q = torch.randn(b, m.num_heads, t, hd, generator=gen, requires_grad=True)
+  k, v = (torch.randn(b, m.num_kv_heads, t, hd, generator=gen, requires_grad=True)
+          for _ in range(2))
+  out_grad = torch.randn(b, m.num_heads, t, hd, generator=gen)
+  groups = m.num_heads // m.num_kv_heads
+
+  def step():
+    kk, vv = k.repeat_interleave(groups, dim=1), v.repeat_interleave(groups, dim=1)
+    F.scaled_dot_product_attention(q, kk, vv, is_causal=True).backward(out_grad)
+
+  return median_seconds(step, steps) * m.num_layers

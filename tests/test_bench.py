@@ -51,3 +51,32 @@ def test_mfu_arithmetic():
   # small: 6 * 16.91M matmul params (embedding excluded, head included) + attention
   matmul = 6 * (6 * (384 * 64 * 24 + 3 * 384 * 1024) + 384 * 8192)
   assert per_token == matmul + 12 * 6 * 6 * 64 * 256 / 2
+
+
+def test_profile_counts_matmul_flops_from_optimized_hlo():
+  import jax
+  import jax.numpy as jnp
+  from bench import step_profile
+  a, b, c = jnp.ones((32, 16)), jnp.ones((16, 8)), jnp.ones((4, 32, 16))
+  compiled = jax.jit(lambda a, b, c: (jnp.tanh(a @ b), jnp.einsum('btd,sd->bts', c, a)))
+  hlo = step_profile.OptimizedHlo(compiled.lower(a, b, c).compile().as_text())
+  found = sorted(f for name in hlo.lines for f, _ in hlo.matmuls(name))
+  # a@b: 2*32*16*8; the einsum: 2*(4*32)*32*16 (hand counts)
+  assert found == sorted([2 * 32 * 16 * 8, 2 * 4 * 32 * 32 * 16])
+
+
+def test_profile_sees_every_matmul_of_the_train_step(tmp_path):
+  """Traced matmul FLOPs = 6·N·tokens + the blocked attention's exact work,
+  per device (the tests' mesh splits the batch over 8 simulated devices)."""
+  import jax
+  from bench import step_profile
+  cfg = tiny.get_config()
+  m, b, t = cfg.model, cfg.train.batch_size, cfg.data.seq_len
+  report = step_profile.profile(cfg, str(tmp_path / 'trace'), steps=1)
+  hd, block = m.d_model // m.num_heads, m.attention_block
+  # query block i sees (i+1)*block keys; 12*hd FLOPs per score (QK, AV and 4 backward dots)
+  scores = b * m.num_heads * block * sum(block * (i + 1) for i in range(t // block))
+  expected = (6 * flops.matmul_params(m) * b * t + 12 * hd * scores * m.num_layers) / jax.device_count()
+  traced = sum(x['gflops'] for x in report['matmuls']) * 1e9
+  assert abs(traced - expected) <= 1e-6 * expected
+  assert report['other'] and all(o['seconds'] >= 0 for o in report['other'])

@@ -1,0 +1,42 @@
+"""The attention core alone (no projections), forward + backward, at the
+config's shapes, summed over its layers: the part of the step where a fused
+kernel (PyTorch's SDPA) and XLA's composition of small ops differ most."""
+import statistics
+import time
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from model import attention
+from model import transformer
+
+
+def median_seconds(fn, steps):
+  fn()
+  times = []
+  for _ in range(steps):
+    start = time.perf_counter()
+    fn()
+    times.append(time.perf_counter() - start)
+  return statistics.median(times)
+
+
+def measure(config, steps=5):
+  m = config.model
+  b, t, hd = config.train.batch_size, config.data.seq_len, transformer.head_dim(m)
+  rng = np.random.default_rng(0)
+  q = jnp.asarray(rng.normal(size=(b, t, m.num_heads, hd)), jnp.dtype(m.dtype))
+  k, v, out_grad = (jnp.asarray(rng.normal(size=(b, t, heads, hd)), jnp.dtype(m.dtype))
+                    for heads in (m.num_kv_heads, m.num_kv_heads, m.num_heads))
+  index = jnp.broadcast_to(jnp.arange(t, dtype=jnp.int32), (b, t))
+  segments = jnp.ones((b, t), jnp.int32)
+  mask = attention.make_mask(segments, segments, index, index)
+
+  def loss(q, k, v):
+    out = attention.attend(q, k, v, mask, m.attention, m.attention_block)
+    return jnp.sum(out * out_grad)
+
+  grads = jax.jit(jax.grad(loss, argnums=(0, 1, 2)))
+  seconds = median_seconds(lambda: jax.block_until_ready(grads(q, k, v)), steps)
+  return {'attention_s': seconds * m.num_layers}
