@@ -14,6 +14,7 @@ import time
 from bench import attention_timing
 from bench import checkpoint_timing
 from bench import decode_timing
+from bench import matmul_skeleton
 from bench import train_step_timing
 from configs.errors import UserError
 from data_pipeline import commands as data_commands
@@ -50,7 +51,8 @@ def torch_numbers(config, steps):
   tokens = config.train.batch_size * config.data.seq_len
   out = {'torch_params': torch_reference.count_params(config.model),
          'torch_matmul_peak_flops': torch_reference.matmul_peak(),
-         'torch_attention_s': torch_reference.time_attention(config, steps)}
+         'torch_attention_s': torch_reference.time_attention(config, steps),
+         'torch_matmul_skeleton_s': torch_reference.time_matmul_skeleton(config, steps)}
   for name, compiled in (('eager', False), ('compile', True)):
     step_s, first_s = torch_reference.time_train_step(config, compiled, steps)
     out[f'torch_{name}_tokens_per_s'] = tokens / step_s
@@ -64,6 +66,7 @@ def run_bench(config, workdir, config_name, with_torch=False, steps=5):
   result = {'config': config_name, 'date': datetime.date.today().isoformat()}
   result.update(train_step_timing.measure(config, steps, peak=peak))
   result.update(attention_timing.measure(config, steps))
+  result.update(matmul_skeleton.measure(config, steps))
   if config.train.peak_tflops:
     result['mfu_nominal'] = (result['model_tflops'] * 1e12 /
                              (config.train.peak_tflops * 1e12 * result['devices']))
@@ -93,6 +96,8 @@ def format_table(r):
           ('measured matmul peak', f'{r["peak_flops"] / 1e9:.0f} GFLOP/s'),
           ('MFU (measured peak)', f'{r["mfu"]:.1%}'),
           ('attention core fwd+bwd, all layers', f'{r["attention_s"]:.3f} s'),
+          ('dense matmuls alone (skeleton)', f'{r["matmul_skeleton_s"]:.3f} s '
+                                             f'({r["matmul_skeleton_gflop_per_s"]:.0f} GFLOP/s)'),
           ('peak RSS', f'{r["peak_rss_mb"]:,.0f} MB'),
           ('loader tokens/s', f'{r["loader_tokens_per_s"]:,.0f} ({r["loader_ratio"]:.1f}x '
                               'the step\'s demand)'),
@@ -110,6 +115,7 @@ def format_table(r):
              ('ours / torch eager', f'{r["speedup_vs_torch_eager"]:.2f}x'),
              ('ours / torch.compile', f'{r["speedup_vs_torch_compile"]:.2f}x'),
              ('torch SDPA attention core, all layers', f'{r["torch_attention_s"]:.3f} s'),
+             ('torch dense matmuls alone (skeleton)', f'{r["torch_matmul_skeleton_s"]:.3f} s'),
              ('torch matmul peak', f'{r["torch_matmul_peak_flops"] / 1e9:.0f} GFLOP/s')]
   width = max(len(k) for k, _ in rows)
   return '\n'.join(f'{k:<{width}}  {v}' for k, v in rows)

@@ -156,3 +156,20 @@ def time_attention(config, steps=5):
     F.scaled_dot_product_attention(q, kk, vv, is_causal=True).backward(out_grad)
 
   return median_seconds(step, steps) * m.num_layers
+
+
+def time_matmul_skeleton(config, steps=5):
+  """`bench.matmul_skeleton` in PyTorch: the step's dense matmuls alone, fwd + bwd."""
+  from bench import matmul_skeleton
+  from bench.attention_timing import median_seconds
+  x, weights = matmul_skeleton.make_inputs(config)
+  x = torch.tensor(x, requires_grad=True)
+  weights = [torch.tensor(w, requires_grad=True) for w in weights]
+  tile = lambda a, reps: a if reps == 1 else a.repeat(1, reps)
+
+  def step():
+    for w in weights:
+      w.grad = None
+    matmul_skeleton.forward(x, weights, config.model.num_layers, torch.matmul, tile).sum().backward()
+
+  return median_seconds(step, steps)

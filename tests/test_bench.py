@@ -80,3 +80,29 @@ def test_profile_sees_every_matmul_of_the_train_step(tmp_path):
   traced = sum(x['gflops'] for x in report['matmuls']) * 1e9
   assert abs(traced - expected) <= 1e-6 * expected
   assert report['other'] and all(o['seconds'] >= 0 for o in report['other'])
+
+
+@pytest.mark.parametrize('preset', [tiny, small])
+def test_matmul_skeleton_does_exactly_the_models_matmul_flops(preset):
+  """Its weights are the model's matmul params, so 6·N·tokens is its whole work."""
+  from bench import matmul_skeleton
+  cfg = preset.get_config()
+  tokens = cfg.train.batch_size * cfg.data.seq_len
+  assert matmul_skeleton.matmul_flops(cfg) == 6 * flops.matmul_params(cfg.model) * tokens
+
+
+def test_matmul_skeleton_is_the_same_function_in_torch():
+  torch = pytest.importorskip('torch')
+  import jax.numpy as jnp
+  import numpy as np
+  from bench import matmul_skeleton
+  cfg = tiny.get_config()
+  cfg.train.batch_size, cfg.data.seq_len = 2, 8
+  x, weights = matmul_skeleton.make_inputs(cfg)
+  ours = np.asarray(matmul_skeleton.forward(
+      jnp.asarray(x), [jnp.asarray(w) for w in weights], cfg.model.num_layers, jnp.matmul,
+      matmul_skeleton._tile))
+  theirs = matmul_skeleton.forward(torch.tensor(x), [torch.tensor(w) for w in weights],
+                                   cfg.model.num_layers, torch.matmul,
+                                   lambda a, r: a if r == 1 else a.repeat(1, r)).numpy()
+  np.testing.assert_allclose(ours, theirs, rtol=1e-4, atol=1e-6)
