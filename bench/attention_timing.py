@@ -1,25 +1,13 @@
 """The attention core alone (no projections), forward + backward, at the
 config's shapes, summed over its layers: the part of the step where a fused
 kernel (PyTorch's SDPA) and XLA's composition of small ops differ most."""
-import statistics
-import time
-
 import jax
 import jax.numpy as jnp
 import numpy as np
 
+from bench.timing import median_seconds
 from model import attention
 from model import transformer
-
-
-def median_seconds(fn, steps):
-  fn()
-  times = []
-  for _ in range(steps):
-    start = time.perf_counter()
-    fn()
-    times.append(time.perf_counter() - start)
-  return statistics.median(times)
 
 
 def measure(config, steps=5):

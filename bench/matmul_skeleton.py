@@ -10,7 +10,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from bench.attention_timing import median_seconds
+from bench.timing import median_seconds
 from model import transformer
 
 

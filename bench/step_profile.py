@@ -32,6 +32,14 @@ def _dims(shape):
   return [int(x) for x in inside.group(1).split(',') if x] if inside else []
 
 
+def _instructions(body):
+  """(name, dims, line) of every instruction a computation's body defines."""
+  for line in body.splitlines():
+    m = re.match(r'\s*(?:ROOT )?%?([\w.\-]+) = (\S+)', line)
+    if m:
+      yield m.group(1), _dims(m.group(2)), line
+
+
 class OptimizedHlo:
   """The entry computation's instructions and the fused computations they call."""
 
@@ -39,13 +47,9 @@ class OptimizedHlo:
     self.computations = {m.group(1): m.group(2) for m in re.finditer(
         r'^(?:ENTRY )?%([\w.\-]+) .*?\{\n(.*?)^\}', text, re.M | re.S)}
     entry = re.search(r'^ENTRY %?([\w.\-]+)', text, re.M).group(1)
-    self.lines = {}
-    self.shapes = {}
-    for line in self.computations[entry].splitlines():
-      m = re.match(r'\s*(?:ROOT )?%?([\w.\-]+) = (\S+)', line)
-      if m:
-        self.lines[m.group(1)] = line
-        self.shapes[m.group(1)] = _dims(m.group(2))
+    self.lines, self.shapes = {}, {}
+    for name, dims, line in _instructions(self.computations[entry]):
+      self.lines[name], self.shapes[name] = line, dims
 
   def body(self, name):
     line = self.lines.get(name, '')
@@ -55,11 +59,8 @@ class OptimizedHlo:
   def matmuls(self, name):
     """[(flops, 'lhs x rhs -> out')] of every dot the op computes."""
     body = self.body(name)
-    shapes = dict(self.shapes)
-    for line in body.splitlines():
-      m = re.match(r'\s*(?:ROOT )?%?([\w.\-]+) = (\S+)', line)
-      if m:
-        shapes[m.group(1)] = _dims(m.group(2))
+    shapes = dict(self.shapes)  # a fused body's parameters shadow entry names
+    shapes.update((n, dims) for n, dims, _ in _instructions(body))
     found = []
     for line in body.splitlines():
       m = re.match(r'\s*(?:ROOT )?%?[\w.\-]+ = (\S+) dot\(%?([\w.\-]+), %?([\w.\-]+)\)', line)
@@ -98,15 +99,17 @@ def profile(config, trace_dir, steps=2):
   """Per-step op times of `config`'s train step, grouped (see the module doc)."""
   spec, state, step_fn, batch = synthetic.train_setup(config)
   with jax.set_mesh(spec.mesh):
-    hlo = OptimizedHlo(step_fn.jitted.lower(state, batch).compile().as_text())
-  for _ in range(2):  # compile and warm up
-    state, metrics = step_fn(state, batch)
-  jax.block_until_ready(metrics)
-  jax.profiler.start_trace(trace_dir)
-  for _ in range(steps):
-    state, metrics = step_fn(state, batch)
-  jax.block_until_ready(metrics)
-  jax.profiler.stop_trace()
+    # one compile: the executable whose HLO is read is the one that runs
+    compiled = step_fn.jitted.lower(state, batch).compile()
+    hlo = OptimizedHlo(compiled.as_text())
+    for _ in range(2):  # warm up
+      state, metrics = compiled(state, batch)
+    jax.block_until_ready(metrics)
+    jax.profiler.start_trace(trace_dir)
+    for _ in range(steps):
+      state, metrics = compiled(state, batch)
+    jax.block_until_ready(metrics)
+    jax.profiler.stop_trace()
   matmuls = collections.defaultdict(lambda: [0, 0.0, 0])
   others = collections.defaultdict(lambda: [0.0, 0])
   for name, seconds in _op_times(trace_dir, steps).items():

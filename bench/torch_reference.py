@@ -6,12 +6,13 @@ grouped-query attention with half-split RoPE through
 only, global-norm clipping, float32. Timed eager and under `torch.compile`.
 """
 import math
-import statistics
 import time
 
 import torch
 import torch.nn.functional as F
 from torch import nn
+
+from bench.timing import median_seconds
 
 
 class RMSNorm(nn.Module):
@@ -118,13 +119,7 @@ def time_train_step(config, compile_model=False, steps=5, seed=0):
   start = time.perf_counter()
   step()
   first = time.perf_counter() - start
-  step()
-  times = []
-  for _ in range(steps):
-    start = time.perf_counter()
-    step()
-    times.append(time.perf_counter() - start)
-  return statistics.median(times), first
+  return median_seconds(step, steps), first
 
 
 def matmul_peak(size=4096, repeats=5):
@@ -140,7 +135,6 @@ def matmul_peak(size=4096, repeats=5):
 
 def time_attention(config, steps=5):
   """The model's attention core alone (SDPA, causal), forward + backward, × layers."""
-  from bench.attention_timing import median_seconds
   m = config.model
   hd = m.head_dim or m.d_model // m.num_heads
   b, t = config.train.batch_size, config.data.seq_len
@@ -158,18 +152,21 @@ def time_attention(config, steps=5):
   return median_seconds(step, steps) * m.num_layers
 
 
+def tile(a, reps):
+  """Repeats the columns `reps` times (the matmul skeleton's grouped-query k/v)."""
+  return a if reps == 1 else a.repeat(1, reps)
+
+
 def time_matmul_skeleton(config, steps=5):
   """`bench.matmul_skeleton` in PyTorch: the step's dense matmuls alone, fwd + bwd."""
   from bench import matmul_skeleton
-  from bench.attention_timing import median_seconds
   x, weights = matmul_skeleton.make_inputs(config)
   x = torch.tensor(x, requires_grad=True)
   weights = [torch.tensor(w, requires_grad=True) for w in weights]
-  tile = lambda a, reps: a if reps == 1 else a.repeat(1, reps)
-
   def step():
     for w in weights:
       w.grad = None
-    matmul_skeleton.forward(x, weights, config.model.num_layers, torch.matmul, tile).sum().backward()
+    matmul_skeleton.forward(x, weights, config.model.num_layers, torch.matmul,
+                            tile).sum().backward()
 
   return median_seconds(step, steps)

@@ -96,6 +96,7 @@ def test_matmul_skeleton_is_the_same_function_in_torch():
   import jax.numpy as jnp
   import numpy as np
   from bench import matmul_skeleton
+  from bench import torch_reference
   cfg = tiny.get_config()
   cfg.train.batch_size, cfg.data.seq_len = 2, 8
   x, weights = matmul_skeleton.make_inputs(cfg)
@@ -104,5 +105,5 @@ def test_matmul_skeleton_is_the_same_function_in_torch():
       matmul_skeleton._tile))
   theirs = matmul_skeleton.forward(torch.tensor(x), [torch.tensor(w) for w in weights],
                                    cfg.model.num_layers, torch.matmul,
-                                   lambda a, r: a if r == 1 else a.repeat(1, r)).numpy()
+                                   torch_reference.tile).numpy()
   np.testing.assert_allclose(ours, theirs, rtol=1e-4, atol=1e-6)
