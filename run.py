@@ -106,7 +106,7 @@ def write_resolved_config(config, workdir):
 def run_command(command, config, workdir):
   """Dispatches; each stage writes WORKDIR/config.json once its own checks pass."""
   from data_pipeline import commands as data_commands
-  from pretrain import distributed
+  from engine import distributed
   distributed.initialize(_COORDINATOR.value, _NUM_PROCESSES.value, _PROCESS_ID.value,
                          heartbeat_timeout_seconds=_HEARTBEAT_TIMEOUT.value)
   if command == 'tokenizer':
@@ -121,13 +121,13 @@ def run_command(command, config, workdir):
                                           data_commands.run_prepare(config, workdir)))
     run_pretrain(config, workdir)
   elif command == 'pretrain' and _VERIFY_RESUME.value:
-    from pretrain import verify_resume
+    from engine import verify_resume
     if not verify_resume.verify(config, workdir, sys.argv[2:]):
       sys.exit(1)
   elif command == 'pretrain':
     run_pretrain(config, workdir)
   elif command == 'eval':
-    from pretrain import evaluate
+    from evaluation import evaluate
     summary = evaluate.run_eval(
         config, workdir, checkpoint=_CHECKPOINT.value, step=_STEP.value,
         eval_files=_EVAL_FILES.value, seq_len=_SEQ_LEN.value, stride=_STRIDE.value,
@@ -138,7 +138,7 @@ def run_command(command, config, workdir):
       if _JSON.value:
         print(json.dumps(summary))
   elif command == 'generate':
-    from pretrain import sampling
+    from evaluation import sampling
     result = sampling.run_generate(
         config, workdir, _PROMPT.value, checkpoint=_CHECKPOINT.value, step=_STEP.value,
         max_new_tokens=_MAX_NEW_TOKENS.value, temperature=_TEMPERATURE.value,
@@ -151,7 +151,7 @@ def run_command(command, config, workdir):
       if _JSON.value:
         print(json.dumps(result, ensure_ascii=False))
   elif command == 'export':
-    from pretrain import hf_export
+    from interop import hf_export
     result = hf_export.run_export(config, workdir, _OUT.value, checkpoint=_CHECKPOINT.value,
                                   step=_STEP.value, overwrite=_OVERWRITE.value,
                                   parity=_PARITY.value)
@@ -160,7 +160,7 @@ def run_command(command, config, workdir):
     if _JSON.value:
       print(json.dumps(result))
   elif command == 'import':
-    from pretrain import hf_import
+    from interop import hf_import
     result = hf_import.run_import(config, _HF_DIR.value, workdir, parity=_PARITY.value)
     print(f'import: {result["params"]:,} params from {result["hf_dir"]} saved as step 0 in '
           f'{workdir}/checkpoints ({result["seconds"]:.1f} s); continue with '
@@ -183,7 +183,7 @@ def run_command(command, config, workdir):
     if _JSON.value:
       print(json.dumps(result))
   elif command == 'describe':
-    from pretrain import describe
+    from engine import describe
     report = describe.describe(config, _NUM_DEVICES.value)
     print(describe.format_report(report))
     if _JSON.value:
@@ -209,7 +209,7 @@ def main(argv):
   if command in NOT_BUILT:
     fail(f'command {command!r} is not built yet', code=3)
   if command == 'launch':
-    from pretrain import launch
+    from engine import launch
     try:
       sys.exit(launch.launch(_NUM_PROCESSES.value or 1, _DEVICES_PER_PROCESS.value, argv[2:]))
     except UserError as e:

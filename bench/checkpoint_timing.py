@@ -9,7 +9,7 @@ import time
 import jax
 
 from bench import synthetic
-from pretrain import checkpointing
+from engine import checkpointing
 
 def _dir_bytes(path):
   return sum(os.path.getsize(os.path.join(r, n)) for r, _, ns in os.walk(path) for n in ns)

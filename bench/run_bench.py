@@ -21,7 +21,7 @@ from data_pipeline import commands as data_commands
 from data_pipeline import pretrain_loader
 from data_pipeline import tfds_corpus
 from data_pipeline import tokenizer as tokenizer_lib
-from pretrain import flops
+from engine import flops
 
 RESULTS_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), 'results')
 

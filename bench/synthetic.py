@@ -4,10 +4,10 @@ import jax
 import numpy as np
 
 from data_pipeline.global_batch import batch_sharding
-from pretrain import mesh as mesh_lib
-from pretrain import optimizer
-from pretrain import train_state
-from pretrain import train_step
+from engine import mesh as mesh_lib
+from engine import optimizer
+from engine import train_state
+from engine import train_step
 
 
 def synthetic_batch(config, seed=0):

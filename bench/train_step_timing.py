@@ -10,7 +10,7 @@ import time
 import jax
 
 from bench import synthetic
-from pretrain import flops
+from engine import flops
 
 
 def measure(config, steps, peak=None):

@@ -23,13 +23,13 @@ from data_pipeline import tfds_corpus
 from data_pipeline import tokenizer as tokenizer_lib
 from data_pipeline.global_batch import make_global_batch
 from data_pipeline.global_batch import process_row_block
-from pretrain import checkpointing
-from pretrain import flops
-from pretrain import mesh as mesh_lib
-from pretrain import optimizer
-from pretrain import train_state
-from pretrain import train_step
-from pretrain.metrics import MetricsWriter
+from engine import checkpointing
+from engine import flops
+from engine import mesh as mesh_lib
+from engine import optimizer
+from engine import train_state
+from engine import train_step
+from engine.metrics import MetricsWriter
 
 
 class StopRequest:

@@ -3,7 +3,7 @@ import pytest
 
 from configs import small, tiny
 from model import transformer
-from pretrain import flops
+from engine import flops
 
 
 @pytest.mark.parametrize('preset', [tiny, small])

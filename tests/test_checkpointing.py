@@ -5,10 +5,10 @@ import jax
 import numpy as np
 
 from configs import tiny
-from pretrain import checkpointing
-from pretrain import mesh as mesh_lib
-from pretrain import optimizer
-from pretrain import train_state
+from engine import checkpointing
+from engine import mesh as mesh_lib
+from engine import optimizer
+from engine import train_state
 from tests.cli_helpers import fresh_workdir, run_cli
 
 

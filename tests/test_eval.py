@@ -7,7 +7,7 @@ import os
 import numpy as np
 import pytest
 
-from pretrain.evaluate import windows
+from evaluation.evaluate import windows
 from tests.cli_helpers import fresh_workdir, run_cli
 
 ARGS = ['--config=configs/tiny.py', '--config.data.seq_len=64', '--config.train.batch_size=8',
@@ -45,7 +45,7 @@ def test_perplexity_equals_an_independent_cross_entropy(trained, tmp_path):
   from flax import nnx
   from configs import tiny
   from data_pipeline import tokenizer as tokenizer_lib
-  from pretrain import restore_params
+  from engine import restore_params
   texts = ['The answer is 42.', '床前明月光，疑是地上霜。', 'A short line of English text']
   path = tmp_path / 'docs.jsonl'
   path.write_text('\n'.join(json.dumps({'text': t}) for t in texts))

@@ -44,7 +44,7 @@ def test_import_matches_transformers_logits(hf_random, tmp_path):
   # Independently: our restored checkpoint vs the torch model on fresh tokens.
   import ml_collections
   import orbax.checkpoint as ocp
-  from pretrain import hf_parity
+  from interop import hf_parity
   state = ocp.StandardCheckpointer().restore(os.path.join(workdir, 'checkpoints', '0', 'state'))
   saved = ml_collections.ConfigDict(json.load(open(os.path.join(workdir, 'config.json'))))
   tokens = np.random.default_rng(5).integers(0, 512, (3, 40)).astype(np.int32)
@@ -94,7 +94,7 @@ def test_export_of_our_checkpoint_loads_in_transformers(tiny_workdir, tmp_path):
   assert result['parity']['max_abs_logit_diff'] < 1e-4 and result['parity']['kl'] < 1e-8
   # Independently: transformers' model vs ours, and the tokenizers' ids.
   from data_pipeline import tokenizer as tokenizer_lib
-  from pretrain import hf_parity
+  from interop import hf_parity
   import orbax.checkpoint as ocp
   from configs import tiny
   state = ocp.StandardCheckpointer().restore(str(workdir / 'checkpoints' / '5' / 'state'))

@@ -127,7 +127,7 @@ def test_preset_param_counts_match_closed_form(preset, expected):
 
 
 def test_flop_formula_against_hand_count():
-  from pretrain import flops
+  from engine import flops
   cfg = tiny.get_config().model
   # tiny: d 128, 4 heads of 32, 2 KV heads, mlp 384, vocab 2048, 2 layers, seq 128
   per_layer = 128 * 32 * (2 * 4 + 2 * 2) + 3 * 128 * 384  # 49152 + 147456

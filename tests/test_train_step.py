@@ -4,10 +4,10 @@ import numpy as np
 import pytest
 
 from configs import tiny
-from pretrain import mesh as mesh_lib
-from pretrain import optimizer
-from pretrain import train_state
-from pretrain import train_step
+from engine import mesh as mesh_lib
+from engine import optimizer
+from engine import train_state
+from engine import train_step
 
 
 def _config(**mesh):

@@ -20,8 +20,8 @@ from safetensors.numpy import save_file
 from configs.errors import UserError
 from data_pipeline import tokenizer as tokenizer_lib
 from model import hf_convert
-from pretrain import hf_parity
-from pretrain import restore_params
+from interop import hf_parity
+from engine import restore_params
 
 
 def read_leaf(state_dir, path):

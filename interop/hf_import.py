@@ -21,11 +21,11 @@ from configs.validate import validate
 from data_pipeline import tokenizer as tokenizer_lib
 from model import hf_convert
 from model import transformer
-from pretrain import checkpointing
-from pretrain import hf_parity
-from pretrain import mesh as mesh_lib
-from pretrain import optimizer
-from pretrain import train_state
+from engine import checkpointing
+from interop import hf_parity
+from engine import mesh as mesh_lib
+from engine import optimizer
+from engine import train_state
 
 
 def _safetensor_files(hf_dir):

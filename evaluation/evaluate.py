@@ -20,8 +20,8 @@ from data_pipeline import tfds_corpus
 from data_pipeline.global_batch import make_global_batch
 from data_pipeline.global_batch import process_row_block
 from model import quantize as quantize_lib
-from pretrain import restore_params
-from pretrain.train_step import with_mesh
+from engine import restore_params
+from engine.train_step import with_mesh
 
 
 def windows(ids, seq_len, stride):

@@ -4,8 +4,8 @@ from `jax.eval_shape` (nothing is allocated, so a 7B model describes on a laptop
 import jax
 
 from model import transformer
-from pretrain import flops
-from pretrain.mesh import mesh_shape
+from engine import flops
+from engine.mesh import mesh_shape
 
 
 def describe(config, num_devices=None):

@@ -8,9 +8,9 @@ from flax import nnx
 from configs.errors import UserError
 from model import decode
 from model import quantize as quantize_lib
-from pretrain import evaluate
-from pretrain import restore_params
-from pretrain.train_step import with_mesh
+from evaluation import evaluate
+from engine import restore_params
+from engine.train_step import with_mesh
 
 
 def check_sampling_flags(temperature, top_k, top_p, max_new_tokens, vocab_size):

@@ -7,8 +7,8 @@ import orbax.checkpoint as ocp
 
 from configs.errors import UserError
 from data_pipeline import tokenizer as tokenizer_lib
-from pretrain import mesh as mesh_lib
-from pretrain import train_state
+from engine import mesh as mesh_lib
+from engine import train_state
 
 
 def locate(workdir, checkpoint, step):
