@@ -14,7 +14,6 @@ def get_config():
   config.model.tie_embeddings = True
   config.model.rope_theta = 500000.0
   config.model.max_seq_len = 8192
-  config.model.dtype = 'bfloat16'
   config.model.remat = 'dots'
   config.data.seq_len = 4096
   config.train.batch_size = 256

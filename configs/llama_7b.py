@@ -11,7 +11,6 @@ def get_config():
   config.model.num_heads = config.model.num_kv_heads = 32
   config.model.mlp_dim = 11008
   config.model.max_seq_len = 4096
-  config.model.dtype = 'bfloat16'
   config.model.remat = 'full'
   config.data.seq_len = 4096
   config.train.batch_size = 1024

@@ -6,9 +6,9 @@ CHOICES = {
     'data.text_split': ('blank_line', 'file'),
     'tokenizer.model_type': ('bpe', 'unigram'),
     'tokenizer.normalization': ('identity', 'nfkc'),
-    'model.dtype': ('float32', 'bfloat16', 'float16'),
+    'model.dtype': ('auto', 'float32', 'bfloat16', 'float16'),
     'model.param_dtype': ('float32', 'bfloat16'),
-    'model.attention': ('auto', 'blocked', 'xla', 'reference'),
+    'model.attention': ('auto', 'blocked', 'cudnn', 'xla', 'reference'),
     'model.remat': ('none', 'full', 'dots'),
 }
 # Pad, unk, BOS, EOS, 4 chat roles, 256 byte pieces, plus room for real merges.

@@ -1,18 +1,24 @@
 """Causal, document-masked attention with grouped-query heads.
 
-Three exact implementations of the same function:
+Four exact implementations of the same function:
 - `reference`: plain einsum + softmax over the full T×S score matrix; the
   readable definition the tests compare against;
-- `xla`: `jax.nn.dot_product_attention`, which GPU builds can route to cuDNN
-  flash attention;
+- `xla`: `jax.nn.dot_product_attention` with the dense mask (XLA's T×T scores);
 - `blocked`: query blocks that only look at keys up to the block's end, so
   fully masked key blocks are never computed (about half the work of full causal
-  attention; the fastest on CPU).
+  attention; the fastest on CPU);
+- `cudnn`: cuDNN flash attention in its packed mode (`model/attention_cudnn.py`):
+  documents given as offsets and lengths, no T×T array at all (GPU, Hopper+).
 Shapes: q (B, T, H, D), k/v (B, S, K, D) with H a multiple of K; the mask is
 (B, T, S) booleans, True where a query may attend to a key.
+`model.attention='auto'` picks per backend: `blocked` on CPU, `cudnn` on a GPU
+that can run it (else `xla`), `xla` elsewhere.
 """
 import jax
 import jax.numpy as jnp
+
+from configs.errors import UserError
+from model import attention_cudnn
 
 NEG_INF = -1e30  # finite, so a row can never become NaN through inf - inf
 
@@ -63,9 +69,38 @@ def blocked(q, k, v, mask, block=64):
   return jnp.concatenate(outs, axis=3).transpose(0, 3, 1, 2, 4).reshape(b, t, h, d)
 
 
-def attend(q, k, v, mask, kind='auto', block=64):
+def resolve_kind(kind, dtype, head_dim):
+  """The kernel `kind` means on this backend; a kernel it cannot run is a UserError."""
   if kind == 'auto':
-    kind = 'blocked' if jax.default_backend() == 'cpu' else 'xla'
+    if jax.default_backend() == 'cpu':
+      return 'blocked'
+    return 'cudnn' if attention_cudnn.unsupported_reason(dtype, head_dim) is None else 'xla'
+  if kind == 'cudnn':
+    reason = attention_cudnn.unsupported_reason(dtype, head_dim)
+    if reason:
+      raise UserError(f"model.attention='cudnn' cannot run here: {reason}; "
+                      "use model.attention='auto'")
+  return kind
+
+
+def self_attention_inputs(segment_ids, kind):
+  """What `attend` takes for packed rows attending to themselves: the (B, T, T)
+  mask, or for `cudnn` the documents' offsets and lengths (no T×T array)."""
+  if kind == 'cudnn':
+    return attention_cudnn.packed_segments(segment_ids)
+  b, t = segment_ids.shape
+  index = jnp.broadcast_to(jnp.arange(t, dtype=jnp.int32), (b, t))
+  return make_mask(segment_ids, segment_ids, index, index)
+
+
+def attend(q, k, v, mask, kind='auto', block=64):
+  """`mask` is what `self_attention_inputs` made for the resolved `kind`."""
+  if kind == 'auto':
+    kind = resolve_kind(kind, q.dtype, q.shape[-1])
+  if kind == 'cudnn':
+    if not isinstance(mask, dict):
+      raise TypeError("attention 'cudnn' takes self_attention_inputs(segment_ids, 'cudnn')")
+    return attention_cudnn.packed_attention(q, k, v, mask)
   if kind == 'blocked' and q.shape[1] == k.shape[1]:
     return blocked(q, k, v, mask, block)
   if kind == 'xla':

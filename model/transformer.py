@@ -24,6 +24,16 @@ def head_dim(cfg):
   return cfg.head_dim or cfg.d_model // cfg.num_heads
 
 
+def resolve_auto_dtype(cfg):
+  """model.dtype='auto' → 'float32' on CPU, 'bfloat16' on GPU/TPU, written back into
+  `cfg` once a model is built (the backend is known by then, never earlier: a
+  multi-process run must not start its backend before `jax.distributed`), so every
+  later reader of `cfg.dtype` sees the concrete name."""
+  if cfg.dtype == 'auto':
+    cfg.dtype = 'float32' if jax.default_backend() == 'cpu' else 'bfloat16'
+  return cfg
+
+
 def rope_tables(positions, dim, theta, max_len):
   """(cos, sin) of the rotary angles, each (B, T, 1, dim/2), float32.
 
@@ -89,7 +99,8 @@ class Attention(nnx.Module):
 
   def __call__(self, x, batch, length, rope_cs, mask):
     q, k, v = self.project_qkv(x, batch, length, rope_cs)
-    out = attention_lib.attend(q, k, v, mask, self.cfg.attention, self.cfg.attention_block)
+    kind = attention_lib.resolve_kind(self.cfg.attention, self.cfg.dtype, head_dim(self.cfg))
+    out = attention_lib.attend(q, k, v, mask, kind, self.cfg.attention_block)
     return self.project_out(out)
 
 
@@ -135,7 +146,7 @@ class Transformer(nnx.Module):
 
   def __init__(self, cfg, rngs):
     pd = jnp.dtype(cfg.param_dtype)
-    self.cfg = cfg
+    self.cfg = resolve_auto_dtype(cfg)
     self.embed = _param(rngs, (cfg.vocab_size, cfg.d_model), ('vocab', 'embed'), cfg.init_std, pd)
     for i in range(cfg.num_layers):  # named attributes: checkpoint keys stay strings
       setattr(self, f'block_{i}', Block(cfg, rngs))
@@ -166,8 +177,8 @@ class Transformer(nnx.Module):
   def __call__(self, tokens, positions, segment_ids):
     """tokens/positions/segment_ids: (B, T) int32 → logits (B, T, vocab)."""
     x, b, t = self.embed_tokens(tokens)
-    index = jnp.broadcast_to(jnp.arange(t, dtype=jnp.int32), (b, t))
-    mask = attention_lib.make_mask(segment_ids, segment_ids, index, index)
+    kind = attention_lib.resolve_kind(self.cfg.attention, self.cfg.dtype, head_dim(self.cfg))
+    mask = attention_lib.self_attention_inputs(segment_ids, kind)  # a mask, or cuDNN's offsets
     rope_cs = self.rope_tables(positions)
     for block in self.blocks():
       if self.cfg.remat == 'none':
