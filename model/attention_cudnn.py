@@ -26,7 +26,7 @@ def _jax_version():
   return tuple(int(p) for p in jax.__version__.split('.')[:3] if p.isdigit())
 
 
-def packed_segments(segment_ids, max_segments=MAX_SEGMENTS):
+def packed_segments(segment_ids, max_segments=None):
   """(B, T) segment ids → the packed kernel's arguments.
 
   A segment is a maximal run of equal ids (padding, id 0, is a run too), so the
@@ -36,7 +36,7 @@ def packed_segments(segment_ids, max_segments=MAX_SEGMENTS):
   bool, True when some row has more than M runs; `segment_ids` for the fallback.
   """
   b, t = segment_ids.shape
-  m = max_segments
+  m = max_segments or MAX_SEGMENTS
   starts = jnp.concatenate([jnp.ones((b, 1), bool),
                             segment_ids[:, 1:] != segment_ids[:, :-1]], axis=1)
   run = jnp.cumsum(starts, axis=1, dtype=jnp.int32) - 1  # run index of every token

@@ -1,0 +1,98 @@
+"""A self-contained jitted train step for device checks: the model, token CE over
+real tokens, global-norm clipping and AdamW (float32 params and state), one device.
+
+It needs only the model, optax and flax (no data pipeline, no mesh), so it runs
+on machines that lack grain/TFDS; its work per step is the project's step's.
+"""
+import contextlib
+import statistics
+import time
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+from flax import nnx
+
+from engine import flops
+from model import attention_cudnn
+from model import transformer
+
+
+def packed_batch(batch, seq_len, vocab, seed=0):
+  """Random tokens in rows of whole documents (mean length seq_len / 4, positions
+  restart per document), so the document mask decides what attends to what."""
+  rng = np.random.default_rng(seed)
+  segments = np.zeros((batch, seq_len), np.int32)
+  positions = np.zeros((batch, seq_len), np.int32)
+  for r in range(batch):
+    start, doc = 0, 1
+    while start < seq_len:
+      length = max(16, int(rng.exponential(seq_len / 4)))
+      segments[r, start:start + length] = doc
+      positions[r, start:start + length] = np.arange(min(length, seq_len - start))
+      start, doc = start + length, doc + 1
+  tokens = rng.integers(8, vocab, (batch, seq_len + 1)).astype(np.int32)
+  return {'inputs': tokens[:, :-1], 'targets': tokens[:, 1:], 'segment_ids': segments,
+          'positions': positions}
+
+
+@contextlib.contextmanager
+def max_segments(value):
+  old, attention_cudnn.MAX_SEGMENTS = attention_cudnn.MAX_SEGMENTS, value
+  try:
+    yield
+  finally:
+    attention_cudnn.MAX_SEGMENTS = old
+
+
+def make_step(model_cfg):
+  model = transformer.Transformer(model_cfg, rngs=nnx.Rngs(0))
+  graphdef, params = nnx.split(model)
+  tx = optax.chain(optax.clip_by_global_norm(1.0),
+                   optax.adamw(3e-4, b1=0.9, b2=0.95, eps=1e-8, weight_decay=0.1))
+  opt_state = tx.init(params)
+
+  def loss_fn(params, batch):
+    logits = nnx.merge(graphdef, params)(batch['inputs'], batch['positions'],
+                                         batch['segment_ids']).astype(jnp.float32)
+    log_z = jax.nn.logsumexp(logits, axis=-1)
+    target = jnp.take_along_axis(logits, batch['targets'][..., None], axis=-1)[..., 0]
+    weights = (batch['segment_ids'] > 0).astype(jnp.float32)
+    return jnp.sum((log_z - target) * weights) / jnp.maximum(jnp.sum(weights), 1.0)
+
+  def step(params, opt_state, batch):
+    loss, grads = jax.value_and_grad(loss_fn)(params, batch)
+    updates, opt_state = tx.update(grads, opt_state, params)
+    return optax.apply_updates(params, updates), opt_state, loss
+
+  return jax.jit(step, donate_argnums=(0, 1)), params, opt_state
+
+
+def measure(model_cfg, kernel, batch, seq_len, steps=5, peak=None):
+  """tokens/s, MFU and compile time of one train step with attention `kernel`
+  ('cudnn_masked' = the cudnn kernel forced onto its document-mask fallback)."""
+  model_cfg.attention = 'cudnn' if kernel == 'cudnn_masked' else kernel
+  with max_segments(2 if kernel == 'cudnn_masked' else attention_cudnn.MAX_SEGMENTS):
+    step, params, opt_state = make_step(model_cfg)
+    data = jax.device_put(packed_batch(batch, seq_len, model_cfg.vocab_size))
+    start = time.perf_counter()
+    params, opt_state, loss = step(params, opt_state, data)
+    first_loss = float(loss)
+    compile_s = time.perf_counter() - start
+  params, opt_state, loss = step(params, opt_state, data)
+  jax.block_until_ready(loss)
+  times = []
+  for _ in range(steps):
+    start = time.perf_counter()
+    params, opt_state, loss = step(params, opt_state, data)
+    jax.block_until_ready(loss)
+    times.append(time.perf_counter() - start)
+  step_s = statistics.median(times)
+  tokens_per_s = batch * seq_len / step_s
+  model_flops = flops.train_flops_per_token(model_cfg, seq_len) * tokens_per_s
+  stats = jax.devices()[0].memory_stats() or {}
+  return {'tokens_per_s': tokens_per_s, 'step_s': step_s, 'compile_s': compile_s,
+          'model_tflops': model_flops / 1e12, 'mfu': model_flops / peak if peak else None,
+          'dtype': model_cfg.dtype, 'first_loss': first_loss, 'last_loss': float(loss),
+          'peak_gpu_mem_gib': stats.get('peak_bytes_in_use', 0) / 2**30}
