@@ -57,6 +57,8 @@ _TOP_P = flags.DEFINE_float('top_p', 1.0, 'generate: nucleus mass in (0, 1] (1 =
 _SEED = flags.DEFINE_integer('seed', 0, 'generate: sampling seed.')
 _DEVICES_PER_PROCESS = flags.DEFINE_integer('devices_per_process', 0, 'launch: simulated CPU '
                                            'devices per process (0 = the default).')
+_INIT_FROM = flags.DEFINE_string('init_from', None, 'sft: the workdir or checkpoint step '
+                                 'directory to start from.')
 _HEARTBEAT_TIMEOUT = flags.DEFINE_integer('heartbeat_timeout', 30, 'Multi-process: seconds '
                                           'without a heartbeat before a process counts as lost.')
 _COORDINATOR = flags.DEFINE_string('coordinator_address', None, 'Multi-process: host:port of '
@@ -64,7 +66,7 @@ _COORDINATOR = flags.DEFINE_string('coordinator_address', None, 'Multi-process: 
 _NUM_PROCESSES = flags.DEFINE_integer('num_processes', None, 'Multi-process: process count.')
 _PROCESS_ID = flags.DEFINE_integer('process_id', None, 'Multi-process: this process index.')
 
-NOT_BUILT = ('sft', 'reward', 'ppo', 'dpo')
+NOT_BUILT = ('reward', 'ppo', 'dpo')
 COMMANDS = ('tokenizer', 'prepare', 'pretrain', 'eval', 'generate', 'sft', 'reward', 'ppo',
             'dpo', 'export', 'import', 'pipeline', 'launch', 'bench', 'describe')
 
@@ -126,6 +128,11 @@ def run_command(command, config, workdir):
       sys.exit(1)
   elif command == 'pretrain':
     run_pretrain(config, workdir)
+  elif command == 'sft':
+    from posttrain import sft
+    import jax
+    sft.run_sft(config, workdir, _INIT_FROM.value, resume=_RESUME.value, on_ready=lambda: (
+        jax.process_index() == 0 and write_resolved_config(config, workdir)))
   elif command == 'eval':
     from evaluation import evaluate
     summary = evaluate.run_eval(

@@ -26,6 +26,7 @@ def get_config():
   #                       the exact data order when the process count changes)
   data.num_threads = 2  # Grain reader threads (tokenisation runs there)
   data.prefetch = 8  # Grain prefetch buffer, in elements
+  data.chat_format = 'auto'  # chat JSONL: 'auto' (per file), 'messages', 'prompt_completion', 'alpaca'
 
   config.tokenizer = tok = ml_collections.ConfigDict()
   tok.vocab_size = 8192  # SentencePiece pieces, specials and 256 byte pieces included
@@ -79,6 +80,17 @@ def get_config():
   ckpt.keep = 3  # most recent checkpoints kept
   ckpt.keep_period = 0  # also keep every step divisible by this forever; 0 = none
   ckpt.async_save = True  # write in the background while training continues
+
+  config.sft = sft = ml_collections.ConfigDict()
+  sft.method = 'full'  # 'full' (every weight), 'lora' (low-rank adapters), 'prompt' (soft prompt)
+  sft.lora_rank = 8  # adapter rank r
+  sft.lora_alpha = 16.0  # adapter scale is alpha / rank (as PEFT)
+  sft.lora_targets = ('wq', 'wk', 'wv', 'wo', 'w_gate', 'w_up', 'w_down')  # adapted weights
+  sft.num_virtual_tokens = 16  # prompt tuning: learned embeddings before every example
+  sft.prompt_reparam_hidden = 0  # P-tuning: MLP width reparameterising the prompt; 0 = off
+  sft.truncation = 'truncate'  # longer than seq_len: 'truncate' (keep the start) or 'drop'
+  sft.eval_prompts = 64  # eval: held-out prompts answered greedily for the task metrics
+  sft.max_new_tokens = 64  # eval: longest greedy answer to a held-out prompt
 
   config.hf = hf = ml_collections.ConfigDict()
   hf.parity_tolerance = 1e-3  # export/import fail above this max |logit difference|

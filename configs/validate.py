@@ -10,6 +10,9 @@ CHOICES = {
     'model.param_dtype': ('float32', 'bfloat16'),
     'model.attention': ('auto', 'blocked', 'cudnn', 'xla', 'reference'),
     'model.remat': ('none', 'full', 'dots'),
+    'data.chat_format': ('auto', 'messages', 'prompt_completion', 'alpaca'),
+    'sft.method': ('full', 'lora', 'prompt'),
+    'sft.truncation': ('truncate', 'drop'),
 }
 # Pad, unk, BOS, EOS, 4 chat roles, 256 byte pieces, plus room for real merges.
 MIN_VOCAB_SIZE = 8 + 256 + 64
@@ -65,4 +68,11 @@ def validate(config):
              f'mesh.{axis}={mesh[axis]} must be a positive size or -1 (fill)')
   _require([mesh.data, mesh.fsdp, mesh.tensor].count(-1) <= 1,
            'at most one of mesh.data, mesh.fsdp, mesh.tensor may be -1')
+  _require(config.sft.lora_rank >= 1, f'sft.lora_rank={config.sft.lora_rank} must be >= 1')
+  _require(config.sft.num_virtual_tokens >= 1,
+           f'sft.num_virtual_tokens={config.sft.num_virtual_tokens} must be >= 1')
+  if config.sft.method == 'prompt':
+    _require(config.sft.num_virtual_tokens < data.seq_len - 1,
+             f'sft.num_virtual_tokens={config.sft.num_virtual_tokens} leaves no room in '
+             f'data.seq_len={data.seq_len}; use fewer virtual tokens or a longer seq_len')
   _require(config.checkpoint.keep >= 1, f'checkpoint.keep={config.checkpoint.keep} must be >= 1')

@@ -26,38 +26,51 @@ class ModelSpec:
         lambda axes: NamedSharding(mesh, partitioning.spec(axes)), self.logical_axes,
         is_leaf=lambda x: isinstance(x, tuple))
 
-  def apply(self, params, tokens, positions, segment_ids):
-    return nnx.merge(self.graphdef, params)(tokens, positions, segment_ids)
+  def apply(self, params, tokens, positions, segment_ids, soft_prompt=None):
+    return nnx.merge(self.graphdef, params)(tokens, positions, segment_ids, soft_prompt)
 
   def init_params(self, key):
     model = transformer.Transformer(self.cfg, rngs=nnx.Rngs(params=key))
     return nnx.to_pure_dict(nnx.state(model, nnx.Param))
 
 
-def state_shardings(spec, tx, abstract_state):
-  replicated = NamedSharding(spec.mesh, PartitionSpec())
+def state_shardings(param_shardings, tx, abstract_state, mesh):
+  replicated = NamedSharding(mesh, PartitionSpec())
   opt = optax.tree_map_params(
-      tx, lambda _, sharding: sharding, abstract_state['opt_state'], spec.param_shardings,
+      tx, lambda _, sharding: sharding, abstract_state['opt_state'], param_shardings,
       transform_non_params=lambda _: replicated)
-  return {'step': replicated, 'params': spec.param_shardings, 'opt_state': opt}
+  return {'step': replicated, 'params': param_shardings, 'opt_state': opt}
 
 
-def _init_fn(spec, tx):
-  def init(key):
-    params = spec.init_params(key)
-    return {'step': jnp.zeros((), jnp.int32), 'params': params, 'opt_state': tx.init(params)}
-  return init
+def _state_of(params, tx):
+  return {'step': jnp.zeros((), jnp.int32), 'params': params, 'opt_state': tx.init(params)}
+
+
+def abstract_state(init_params, param_shardings, tx, mesh):
+  """(ShapeDtypeStructs carrying shardings, shardings) of the state that
+  `init_params(key)` starts: the restore target for Orbax."""
+  abstract = jax.eval_shape(lambda key: _state_of(init_params(key), tx), jax.random.key(0))
+  shardings = state_shardings(param_shardings, tx, abstract, mesh)
+  return jax.tree.map(lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s),
+                      abstract, shardings), shardings
+
+
+def init_state(init_params, param_shardings, tx, mesh, key):
+  """(state, shardings), created on the mesh: each device only holds its own shards."""
+  _, shardings = abstract_state(init_params, param_shardings, tx, mesh)
+  return jax.jit(lambda k: _state_of(init_params(k), tx), out_shardings=shardings)(key), shardings
+
+
+def state_from_params(params, param_shardings, tx, mesh):
+  """A step-0 state around given params (fine-tuning starts): fresh optimizer state."""
+  _, shardings = abstract_state(lambda _: params, param_shardings, tx, mesh)
+  return jax.jit(lambda p: _state_of(p, tx), out_shardings=shardings)(params), shardings
 
 
 def create_train_state(spec, tx, seed):
-  """Initialises on the mesh: each device only ever holds its own shards."""
-  _, shardings = abstract_train_state(spec, tx)
-  return jax.jit(_init_fn(spec, tx), out_shardings=shardings)(jax.random.key(seed)), shardings
+  """The whole model's state, initialised from `seed`."""
+  return init_state(spec.init_params, spec.param_shardings, tx, spec.mesh, jax.random.key(seed))
 
 
 def abstract_train_state(spec, tx):
-  """ShapeDtypeStructs carrying shardings: the restore target for Orbax."""
-  abstract = jax.eval_shape(_init_fn(spec, tx), jax.random.key(0))
-  shardings = state_shardings(spec, tx, abstract)
-  return jax.tree.map(lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s),
-                      abstract, shardings), shardings
+  return abstract_state(spec.init_params, spec.param_shardings, tx, spec.mesh)

@@ -1,73 +1,83 @@
-"""Loss and the jitted train step (gradient accumulation with lax.scan)."""
-import functools
+"""The jitted train step every stage shares, around a stage's `loss_sums`.
 
+A stage gives `loss_sums(params, frozen, batch) -> (objective sum, {'loss': sum,
+'count': n, ...})`: sums, not means, so gradient accumulation over microbatches
+(a `lax.scan`) and the final division by the total count give exactly the
+update of one big batch. `params` are the trainable leaves (whole model, LoRA
+adapters or a soft prompt), `frozen` what the loss reads but never updates.
+"""
 import jax
 import jax.numpy as jnp
 import optax
 
 from data_pipeline.global_batch import batch_sharding
+from engine import lm_loss
 
 
-def token_loss_sums(logits, targets, segment_ids, z_loss):
-  """Sums over real (segment id > 0) target tokens: (ce, z-loss term, count)."""
-  logits = logits.astype(jnp.float32)
-  log_z = jax.nn.logsumexp(logits, axis=-1)
-  target_logit = jnp.take_along_axis(logits, targets[..., None], axis=-1)[..., 0]
-  weights = (segment_ids > 0).astype(jnp.float32)
-  ce = jnp.sum((log_z - target_logit) * weights)
-  z = z_loss * jnp.sum(jnp.square(log_z) * weights)
-  return ce, z, jnp.sum(weights)
-
-
-def _loss_sums(spec, z_loss, params, batch):
-  logits = spec.apply(params, batch['inputs'], batch['positions'], batch['segment_ids'])
-  ce, z, count = token_loss_sums(logits, batch['targets'], batch['segment_ids'], z_loss)
-  return ce + z, (ce, count)
-
-
-def gradients(spec, params, batch, microbatches, z_loss):
-  """Gradient of the summed loss, the summed CE and the token count.
-
-  Sums (not means) per microbatch, divided once at the end, so k microbatches
-  give the same update as one batch of k times the rows.
-  """
-  grad_fn = jax.value_and_grad(functools.partial(_loss_sums, spec, z_loss), has_aux=True)
+def accumulate(loss_sums, params, frozen, batch, microbatches, mesh):
+  """(gradient of the summed objective, summed aux dict) over `microbatches` slices."""
+  grad_fn = jax.value_and_grad(loss_sums, has_aux=True)
   if microbatches == 1:
-    (_, (ce, count)), grads = grad_fn(params, batch)
-    return grads, ce, count
+    (_, sums), grads = grad_fn(params, frozen, batch)
+    return grads, sums
 
   def split(x):
     x = x.reshape((microbatches, x.shape[0] // microbatches) + x.shape[1:])
     return jax.lax.with_sharding_constraint(
-        x, jax.sharding.NamedSharding(spec.mesh, jax.sharding.PartitionSpec(
-            None, *batch_sharding(spec.mesh).spec)))
+        x, jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec(
+            None, *batch_sharding(mesh).spec)))
 
   def body(carry, micro):
-    grads, ce, count = carry
-    (_, (mce, mcount)), mgrads = grad_fn(params, micro)
-    return (jax.tree.map(jnp.add, grads, mgrads), ce + mce, count + mcount), None
+    grads, sums = carry
+    (_, msums), mgrads = grad_fn(params, frozen, micro)
+    return (jax.tree.map(jnp.add, grads, mgrads), jax.tree.map(jnp.add, sums, msums)), None
 
+  micro_batches = jax.tree.map(split, batch)
+  first = jax.tree.map(lambda x: x[0], micro_batches)
+  sums_shape = jax.eval_shape(lambda: loss_sums(params, frozen, first)[1])
   zeros = jax.tree.map(lambda p: jnp.zeros(p.shape, jnp.float32), params)
-  init = (zeros, jnp.zeros((), jnp.float32), jnp.zeros((), jnp.float32))
-  (grads, ce, count), _ = jax.lax.scan(body, init, jax.tree.map(split, batch))
-  return grads, ce, count
+  zero_sums = jax.tree.map(lambda s: jnp.zeros(s.shape, jnp.float32), sums_shape)
+  (grads, sums), _ = jax.lax.scan(body, (zeros, zero_sums), micro_batches)
+  return grads, sums
 
 
-def make_train_step(spec, tx, schedule, shardings, train_cfg):
-  def step(state, batch):
-    grads, ce, count = gradients(spec, state['params'], batch, train_cfg.microbatches,
-                                 train_cfg.z_loss)
-    denom = jnp.maximum(count, 1.0)
+def update_fn(loss_sums, tx, schedule, mesh, microbatches):
+  """step(state, frozen, batch) -> (state, metrics), not yet jitted.
+
+  Metrics: every aux sum divided by `count` (so `loss` is the mean), plus
+  `grad_norm`, `lr` and `tokens` (the count).
+  """
+  def step(state, frozen, batch):
+    grads, sums = accumulate(loss_sums, state['params'], frozen, batch, microbatches, mesh)
+    denom = jnp.maximum(sums['count'], 1.0)
     grads = jax.tree.map(lambda g: g / denom, grads)
     updates, opt_state = tx.update(grads, state['opt_state'], state['params'])
     params = optax.apply_updates(state['params'], updates)
-    metrics = {'loss': ce / denom, 'grad_norm': optax.global_norm(grads),
-               'lr': schedule(state['step']), 'tokens': count}
+    metrics = {k: v / denom for k, v in sums.items() if k != 'count'}
+    metrics.update(grad_norm=optax.global_norm(grads), lr=schedule(state['step']),
+                   tokens=sums['count'])
     return {'step': state['step'] + 1, 'params': params, 'opt_state': opt_state}, metrics
+  return step
 
-  return with_mesh(spec.mesh, jax.jit(
-      step, in_shardings=(shardings, batch_sharding(spec.mesh)),
+
+def make_step(loss_sums, tx, schedule, shardings, mesh, microbatches, frozen_shardings=None):
+  """Jitted step(state, frozen, batch) with explicit shardings; the state is donated."""
+  return with_mesh(mesh, jax.jit(
+      update_fn(loss_sums, tx, schedule, mesh, microbatches),
+      in_shardings=(shardings, frozen_shardings, batch_sharding(mesh)),
       out_shardings=(shardings, None), donate_argnums=0))
+
+
+def make_train_step(spec, tx, schedule, shardings, train_cfg):
+  """The next-token step over the whole model: step(state, batch)."""
+  loss_sums = lm_loss.next_token_loss(
+      lambda params, _, batch: spec.apply(params, batch['inputs'], batch['positions'],
+                                          batch['segment_ids']), train_cfg.z_loss)
+  step = update_fn(loss_sums, tx, schedule, spec.mesh, train_cfg.microbatches)
+  return with_mesh(spec.mesh, jax.jit(
+      lambda state, batch: step(state, {}, batch),
+      in_shardings=(shardings, batch_sharding(spec.mesh)), out_shardings=(shardings, None),
+      donate_argnums=0))
 
 
 def with_mesh(mesh, jitted):
@@ -79,11 +89,13 @@ def with_mesh(mesh, jitted):
   return call
 
 
-def make_eval_step(spec, shardings):
-  def evaluate(params, batch):
-    logits = spec.apply(params, batch['inputs'], batch['positions'], batch['segment_ids'])
-    ce, _, count = token_loss_sums(logits, batch['targets'], batch['segment_ids'], 0.0)
+def make_eval_step(apply_fn, params_shardings, frozen_shardings, mesh):
+  """evaluate(params, frozen, batch) -> (ce sum, count) over weighted targets."""
+  def evaluate(params, frozen, batch):
+    logits = apply_fn(params, frozen, batch)
+    ce, _, count = lm_loss.token_loss_sums(logits, batch['targets'], lm_loss.loss_weights(batch),
+                                           0.0)
     return ce, count
 
-  return with_mesh(spec.mesh, jax.jit(
-      evaluate, in_shardings=(shardings['params'], batch_sharding(spec.mesh))))
+  return with_mesh(mesh, jax.jit(
+      evaluate, in_shardings=(params_shardings, frozen_shardings, batch_sharding(mesh))))

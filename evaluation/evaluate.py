@@ -80,7 +80,7 @@ def eval_sets(config, workdir, eval_files):
 
 def run_eval(config, workdir, *, checkpoint=None, step=None, eval_files=(), seq_len=None,
              stride=None, batch_size=8, max_batches=0, quantize=None):
-  model_cfg, params, tokenizer, spec, saved, step = restore_params.load(
+  model_cfg, params, tokenizer, spec, saved, step, prompt = restore_params.load(
       workdir, config, checkpoint, step)
   params, weight_info = quantize_params(params, quantize, spec.mesh)
   if batch_size < 1:

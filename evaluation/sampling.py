@@ -39,7 +39,7 @@ def run_generate(config, workdir, prompts, *, checkpoint=None, step=None, max_ne
                  temperature=0.8, top_k=0, top_p=1.0, seed=0, quantize=None):
   if not prompts:
     raise UserError('give at least one --prompt')
-  model_cfg, params, tokenizer, spec, saved, step = restore_params.load(
+  model_cfg, params, tokenizer, spec, saved, step, prompt = restore_params.load(
       workdir, config, checkpoint, step)
   check_sampling_flags(temperature, top_k, top_p, max_new_tokens, model_cfg.vocab_size)
   params, weight_info = evaluate.quantize_params(params, quantize, spec.mesh)

@@ -24,10 +24,10 @@ def _write(cache_part, new, index):
       cache_part, new.astype(cache_part.dtype), index)
 
 
-def forward_with_cache(model, tokens, start, cache):
+def forward_with_cache(model, tokens, start, cache, soft_prompt=None):
   """Logits (B, T, V) for tokens placed at cache indices start[b] + 0..T-1."""
-  x, b, t = model.embed_tokens(tokens)
-  q_index = start[:, None] + jnp.arange(t, dtype=jnp.int32)[None]
+  q_index = start[:, None] + jnp.arange(tokens.shape[1], dtype=jnp.int32)[None]
+  x, b, t = model.embed_tokens(tokens, q_index, soft_prompt)
   kv_index = jnp.broadcast_to(jnp.arange(cache[0]['k'].shape[1], dtype=jnp.int32),
                               (b, cache[0]['k'].shape[1]))
   mask = kv_index[:, None, :] <= q_index[:, :, None]
@@ -66,13 +66,14 @@ def sample(logits, key, temperature, top_k, top_p):
 
 
 def generate(model, prompt, lengths, key, *, max_new_tokens, temperature=0.0, top_k=0,
-             top_p=1.0, eos_id=None, return_logits=False):
+             top_p=1.0, eos_id=None, return_logits=False, soft_prompt=None):
   """prompt (B, P) right-padded, lengths (B,) → tokens (B, max_new_tokens),
   their count per row (EOS included), and the logits of every step if asked."""
   b, p = prompt.shape
   cfg = model.cfg
   cache = init_cache(cfg, b, p + max_new_tokens, jnp.dtype(cfg.dtype))
-  logits, cache = forward_with_cache(model, prompt, jnp.zeros((b,), jnp.int32), cache)
+  logits, cache = forward_with_cache(model, prompt, jnp.zeros((b,), jnp.int32), cache,
+                                     soft_prompt)
   last = jnp.take_along_axis(logits, (lengths - 1)[:, None, None], axis=1)[:, 0]
   vocab = logits.shape[-1]
 
@@ -82,7 +83,8 @@ def generate(model, prompt, lengths, key, *, max_new_tokens, temperature=0.0, to
     token = sample(last, sub, temperature, top_k, top_p)
     token = jnp.where(done, 0, token)
     finished = done if eos_id is None else done | (token == eos_id)
-    next_logits, cache = forward_with_cache(model, token[:, None], lengths + step_index, cache)
+    next_logits, cache = forward_with_cache(model, token[:, None], lengths + step_index, cache,
+                                            soft_prompt)
     out = (token, done, last) if return_logits else (token, done)
     return (cache, next_logits[:, 0], finished, key), out
 

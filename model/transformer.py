@@ -158,11 +158,19 @@ class Transformer(nnx.Module):
   def blocks(self):
     return [getattr(self, f'block_{i}') for i in range(self.cfg.num_layers)]
 
-  def embed_tokens(self, tokens):
+  def embed_tokens(self, tokens, positions=None, soft_prompt=None):
+    """Token embeddings, (B·T, d_model). With a soft prompt (N, d_model), the
+    tokens at positions 0..N-1 of each sequence are virtual: their embeddings
+    are the soft prompt's rows (prompt tuning; the data puts N placeholders there)."""
     dtype = jnp.dtype(self.cfg.dtype)
     b, t = tokens.shape
-    x = jnp.take(self.embed[...], tokens.reshape(-1), axis=0).astype(dtype)
-    return constrain(x, 'batch', 'act_embed'), b, t
+    x = jnp.take(self.embed[...], tokens.reshape(-1), axis=0)
+    if soft_prompt is not None:
+      n = soft_prompt.shape[0]
+      flat_positions = positions.reshape(-1)
+      virtual = jnp.take(soft_prompt, jnp.clip(flat_positions, 0, n - 1), axis=0)
+      x = jnp.where((flat_positions < n)[:, None], virtual.astype(x.dtype), x)
+    return constrain(x.astype(dtype), 'batch', 'act_embed'), b, t
 
   def rope_tables(self, positions):
     return rope_tables(positions, head_dim(self.cfg), self.cfg.rope_theta, self.cfg.max_seq_len)
@@ -174,9 +182,9 @@ class Transformer(nnx.Module):
     logits = (x @ head.astype(dtype)).reshape(batch, length, self.cfg.vocab_size)
     return constrain(logits, 'batch', 'length', 'act_vocab')
 
-  def __call__(self, tokens, positions, segment_ids):
+  def __call__(self, tokens, positions, segment_ids, soft_prompt=None):
     """tokens/positions/segment_ids: (B, T) int32 → logits (B, T, vocab)."""
-    x, b, t = self.embed_tokens(tokens)
+    x, b, t = self.embed_tokens(tokens, positions, soft_prompt)
     kind = attention_lib.resolve_kind(self.cfg.attention, self.cfg.dtype, head_dim(self.cfg))
     mask = attention_lib.self_attention_inputs(segment_ids, kind)  # a mask, or cuDNN's offsets
     rope_cs = self.rope_tables(positions)

@@ -51,7 +51,7 @@ def test_perplexity_equals_an_independent_cross_entropy(trained, tmp_path):
   path.write_text('\n'.join(json.dumps({'text': t}) for t in texts))
   summary = _eval_json(f'--workdir={trained}', f'--eval_files={path}', '--json')
   # Independent: the model's raw logits, a NumPy log-softmax, every target once.
-  model_cfg, params, tok, spec, _, _ = restore_params.load(trained, tiny.get_config())
+  model_cfg, params, tok, spec, _, _, _ = restore_params.load(trained, tiny.get_config())
   model = nnx.merge(spec.graphdef, jax.device_get(params))
   nll, count = 0.0, 0
   for text in texts:

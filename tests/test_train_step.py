@@ -7,6 +7,7 @@ from configs import tiny
 from engine import mesh as mesh_lib
 from engine import optimizer
 from engine import train_state
+from engine import lm_loss
 from engine import train_step
 
 
@@ -40,8 +41,11 @@ def _one_step(config, devices, batch):
   state, shardings = train_state.create_train_state(spec, tx, config.seed)
   step = train_step.make_train_step(spec, tx, optimizer.learning_rate_schedule(config.train),
                                     shardings, config.train)
-  grads, ce, count = jax.jit(lambda p, b: train_step.gradients(
-      spec, p, b, config.train.microbatches, 0.0))(state['params'], batch)
+  loss_sums = lm_loss.next_token_loss(lambda p, _, b: spec.apply(
+      p, b['inputs'], b['positions'], b['segment_ids']), 0.0)
+  grads, sums = jax.jit(lambda p, b: train_step.accumulate(
+      loss_sums, p, {}, b, config.train.microbatches, mesh))(state['params'], batch)
+  ce, count = sums['loss'], sums['count']
   new_state, metrics = step(state, batch)
   return (jax.device_get(new_state['params']), jax.device_get(metrics),
           jax.device_get(grads), float(ce / count))

@@ -1,0 +1,244 @@
+"""The training loop every stage runs on: `Trainer(stage).run()`.
+
+A stage (pretrain, sft, ...) supplies its objective, its data and its trainable
+state (see `Stage` below); the loop gives every stage the same promises: resume
+from the latest complete checkpoint (an unreadable one is set aside and the one
+before is used), SIGTERM/SIGINT agreed by all processes (finish the step, save,
+exit 0), `train.stop_after`, a stop on a non-finite loss, progress bar,
+metrics.jsonl + TensorBoard with tokens/s and MFU, and Orbax checkpoints with
+the data iterator's state and the stage's metadata.
+"""
+import math
+import os
+import signal
+import sys
+import time
+
+from absl import logging
+import jax
+from jax.experimental import multihost_utils
+import numpy as np
+from tqdm import tqdm
+
+from configs.errors import UserError
+from data_pipeline.global_batch import make_global_batch
+from engine import checkpointing
+from engine import flops
+from engine import train_state
+from engine import train_step
+from engine.metrics import MetricsWriter
+
+
+class Stage:
+  """What a stage gives the loop (attributes and methods; subclass or duck-type).
+
+  name: the command's name, for messages. config, workdir, mesh, tokenizer.
+  tx, schedule: optax transformation and its learning-rate schedule.
+  param_shardings: shardings of the trainable params tree.
+  init_params(key): the trainable params at step 0 (traceable: also gives shapes).
+  start_params(): concrete step-0 params instead of init_params (fine-tuning), or None.
+  frozen, frozen_shardings: what the loss reads but never trains ({} when none).
+  loss_sums(params, frozen, batch): (objective sum, {'loss': sum, 'count': n, ...}).
+  data_iter: local batches; get_state()/set_state() of its shards.
+  evaluate(params): dict of eval metrics (every process calls it), or None.
+  meta: checkpoint metadata; check_compatible(meta) raises UserError on a mismatch.
+  flops_per_token, tokens_per_step: for MFU.
+  """
+  frozen, frozen_shardings = {}, {}
+
+  def start_params(self):
+    return None
+
+  def evaluate(self, params):
+    return None
+
+
+class StopRequest:
+  """Turns SIGTERM/SIGINT into a flag the loop checks between steps."""
+
+  def __init__(self):
+    self.signal = None
+    for sig in (signal.SIGTERM, signal.SIGINT):
+      signal.signal(sig, self._handle)
+
+  def _handle(self, signum, _):
+    self.signal = signal.Signals(signum).name
+
+
+def agree(local_signal, local_due_by_time):
+  """(signal, due_by_time) as every process will act on them.
+
+  One allgather per step when there are several processes: a signal or a
+  clock-based save seen by one process is acted on by all at the same step, so
+  no process enters a collective save (or leaves the loop) alone.
+  """
+  if jax.process_count() == 1:
+    return local_signal, local_due_by_time
+  flags = multihost_utils.process_allgather(
+      np.asarray([int(local_signal is not None), int(bool(local_due_by_time))]))
+  flags = np.asarray(flags).reshape(-1, 2)
+  signal_name = (local_signal or 'SIGTERM (on another process)') if flags[:, 0].any() else None
+  return signal_name, bool(flags[:, 1].any())
+
+
+class Trainer:
+
+  def __init__(self, stage, resume=True):
+    self.stage = stage
+    self.config, self.workdir = stage.config, stage.workdir
+    self.is_primary = jax.process_index() == 0
+    self.manager = checkpointing.make_manager(self.workdir, self.config.checkpoint)
+    self.state, self.shardings = self._restore_or_init(resume)
+    self.progress = self.writer = None
+
+  def _say(self, message):
+    if self.is_primary:
+      print(f'{self.stage.name}: {message}', flush=True)
+
+  def _restore_or_init(self, resume):
+    steps = sorted(self.manager.all_steps(), reverse=True) if resume else []
+    if not resume:  # a fresh run must never be mixed with an older run's steps
+      for step in self.manager.all_steps():
+        self._say(f'--noresume: set aside checkpoint {step} as '
+                  f'{self._set_aside(step, "before-noresume")}')
+    for step in steps:  # newest first; an unreadable one falls back to the one before
+      try:
+        restored = self._restore(step)
+      except UserError:
+        raise
+      except Exception as e:  # Orbax/TensorStore raise many types for damaged files
+        logging.warning('checkpoint %d is unreadable (%s); trying the previous one', step,
+                        str(e).splitlines()[0][:200])
+        self._say(f'warning: checkpoint {step} is unreadable; set aside as '
+                  f'{self._set_aside(step, "unreadable")}; trying the previous one')
+        continue
+      self._say(f'resumed from step {step} in {self.workdir}/checkpoints')
+      return restored
+    stage = self.stage
+    start = stage.start_params()
+    if start is not None:
+      return train_state.state_from_params(start, stage.param_shardings, stage.tx, stage.mesh)
+    return train_state.init_state(stage.init_params, stage.param_shardings, stage.tx,
+                                  stage.mesh, jax.random.key(self.config.seed))
+
+  def _restore(self, step):
+    stage = self.stage
+    abstract, shardings = train_state.abstract_state(stage.init_params, stage.param_shardings,
+                                                     stage.tx, stage.mesh)
+    meta = self.manager.restore(step, args=checkpointing.ocp.args.Composite(
+        meta=checkpointing.ocp.args.JsonRestore()))['meta']
+    stage.check_compatible(meta)
+    state, data_state, _ = checkpointing.restore(self.manager, step, abstract)
+    wanted = set(stage.data_iter.get_state()['shards'])
+    if data_state is not None and wanted <= set(data_state.get('shards', {})):
+      stage.data_iter.set_state({'shards': {s: data_state['shards'][s] for s in wanted}})
+    else:
+      logging.warning('checkpoint %d holds no data state for shards %s (a different '
+                      'data.num_shards?); the data stream restarts', step, sorted(wanted))
+      self._say(f'warning: data shards {sorted(wanted)} not in checkpoint {step}; the data '
+                'stream restarts (keep data.num_shards fixed to avoid this)')
+    return state, shardings
+
+  def _set_aside(self, step, reason):
+    """Renames a step directory out of Orbax's view, keeping its files for the user."""
+    path = os.path.join(self.workdir, 'checkpoints', str(step))
+    target = f'{path}.{reason}-{int(time.time())}'
+    if jax.process_index() == 0:
+      os.rename(path, target)
+    multihost_utils.sync_global_devices(f'set_aside_{step}')
+    self.manager.reload()
+    return target
+
+  def save(self, step, force=False):
+    if step in self.manager.all_steps():  # e.g. --noresume over an older run's steps
+      self.manager.wait_until_finished()
+      self._set_aside(step, 'replaced')
+    checkpointing.save(self.manager, step, self.state, self.stage.data_iter.get_state(),
+                       dict(self.stage.meta, wall_time=time.time()), force=force)
+
+  def run(self):
+    try:
+      return self._loop()
+    finally:  # on errors too: finish pending saves, and leave the error line last
+      self.manager.wait_until_finished()
+      if self.progress is not None:
+        self.progress.close()
+      if self.writer is not None:
+        self.writer.close()
+
+  def _evaluate(self, step, writer):
+    metrics = self.stage.evaluate(self.state['params'])
+    if metrics:
+      writer.write(step, metrics)
+    return metrics
+
+  def _loop(self):
+    stage, config, train_cfg = self.stage, self.config, self.config.train
+    step_fn = train_step.make_step(stage.loss_sums, stage.tx, stage.schedule, self.shardings,
+                                   stage.mesh, train_cfg.microbatches, stage.frozen_shardings)
+    writer = self.writer = MetricsWriter(self.workdir, enabled=self.is_primary)
+    peak = train_cfg.peak_tflops * 1e12 or flops.measure_matmul_peak()
+    devices = jax.device_count()
+    stop = StopRequest()
+    start = int(jax.device_get(self.state['step']))
+    last_save_time = time.time()
+    progress = self.progress = tqdm(
+        total=train_cfg.steps, initial=start, disable=not self.is_primary, desc=stage.name,
+        unit='step', dynamic_ncols=True,
+        mininterval=1.0 if sys.stderr.isatty() else 30.0)  # logs, not a screen: fewer lines
+    window_start, window_steps = time.perf_counter(), 0
+    eval_metrics, eval_step = None, None
+    step, stopping = start, None
+    if start == 0:  # every process evaluates (collectives); only process 0 writes
+      eval_metrics, eval_step = self._evaluate(0, writer), 0
+    while step < train_cfg.steps:
+      batch = make_global_batch(next(stage.data_iter), stage.mesh)
+      self.state, metrics = step_fn(self.state, stage.frozen, batch)
+      step += 1
+      loss = float(metrics['loss'])
+      if not math.isfinite(loss):
+        kept = self.manager.latest_step()
+        raise UserError(f'loss is {loss} at step {step}; '
+                        + (f'the last good checkpoint (step {kept}) is kept; '
+                           if kept is not None else '')
+                        + 'lower train.learning_rate or enable train.grad_clip')
+      window_steps += 1
+      progress.update(1)
+      if step == start + 1:  # the first step compiles; keep it out of the speed numbers
+        window_start, window_steps = time.perf_counter(), 0
+      if step % train_cfg.log_every == 0 or step == train_cfg.steps:
+        values = {k: float(v) for k, v in metrics.items() if k != 'tokens'}
+        values['perplexity'] = math.exp(min(loss, 50.0))
+        if window_steps:  # speed over the steps since the last line (compile excluded)
+          elapsed = time.perf_counter() - window_start
+          tokens_per_s = window_steps * stage.tokens_per_step / elapsed
+          values.update(tokens_per_s=tokens_per_s, step_time_s=elapsed / window_steps,
+                        model_tflops_per_device=stage.flops_per_token * tokens_per_s / devices
+                        / 1e12, mfu=stage.flops_per_token * tokens_per_s / (peak * devices))
+          progress.set_postfix(loss=f'{loss:.3f}', tok_s=f'{tokens_per_s:.0f}',
+                               mfu=f'{values["mfu"]:.2f}', refresh=False)
+        writer.write(step, values)
+        window_start, window_steps = time.perf_counter(), 0
+      if ((train_cfg.eval_every and step % train_cfg.eval_every == 0)
+          or step == train_cfg.steps):
+        eval_metrics, eval_step = self._evaluate(step, writer), step
+        if self.is_primary and eval_metrics and 'eval_loss' in eval_metrics:
+          progress.write(f'step {step}: eval_loss {eval_metrics["eval_loss"]:.4f} '
+                         f'perplexity {eval_metrics["eval_perplexity"]:.2f}')
+      cfg_ckpt = config.checkpoint
+      due_by_steps = cfg_ckpt.save_every_steps and step % cfg_ckpt.save_every_steps == 0
+      due_by_time = (cfg_ckpt.save_every_minutes
+                     and time.time() - last_save_time >= 60 * cfg_ckpt.save_every_minutes)
+      stop_here = train_cfg.stop_after and step == train_cfg.stop_after
+      # Decide once, together; a signal arriving later is seen at the next step.
+      stopping, due_by_time = agree(stop.signal, due_by_time)
+      if due_by_steps or due_by_time or step == train_cfg.steps or stopping or stop_here:
+        self.save(step, force=True)
+        last_save_time = time.time()
+      if stopping or stop_here:
+        break
+    progress.close()
+    self.manager.wait_until_finished()
+    if stopping:
+      self._say(f'{stopping} received; saved step {step} to {self.workdir}/checkpoints/{step}')
+    return {'step': step, 'eval_step': eval_step, **(eval_metrics or {})}

@@ -1,0 +1,82 @@
+"""`--init_from=P`: the model a post-training stage starts from.
+
+P is a workdir (its latest checkpoint: pretrain, import, or an earlier
+post-training stage) or one checkpoint step directory. Its tokenizer and
+architecture must be the ones this run is configured with.
+"""
+import dataclasses
+import os
+
+import ml_collections
+
+from configs.errors import UserError
+from data_pipeline import tokenizer as tokenizer_lib
+from engine import checkpointing
+from engine import restore_params
+
+
+@dataclasses.dataclass
+class InitFrom:
+  directory: str  # the checkpoints directory
+  step: int
+  meta: dict
+  workdir: str  # the workdir P belongs to (its tokenizer/, tfds/)
+  tokenizer: tokenizer_lib.Tokenizer
+
+  @property
+  def saved(self):
+    return ml_collections.ConfigDict(self.meta['config'])
+
+
+def resolve(init_from):
+  if not init_from:
+    raise UserError('--init_from is required: a pretraining workdir or a checkpoint step '
+                    'directory to start from')
+  path = os.path.abspath(init_from)
+  if not os.path.exists(path):
+    raise UserError(f'--init_from={init_from} does not exist; give a workdir with checkpoints '
+                    'or a checkpoint step directory')
+  if os.path.isdir(os.path.join(path, 'state')) and os.path.basename(path).isdigit():
+    directory, step = restore_params.locate(None, path, None)
+    workdir = os.path.dirname(directory)
+  elif os.path.isdir(os.path.join(path, 'checkpoints')):
+    directory, step = restore_params.locate(path, None, None)
+    workdir = path
+  else:
+    raise UserError(f'--init_from={init_from} is not a workdir with checkpoints/ nor a '
+                    'checkpoint step directory; give one')
+  try:
+    meta = restore_params.read_meta(directory, step)
+  except Exception as e:  # a damaged or foreign directory
+    raise UserError(f'--init_from: checkpoint {directory}/{step} has no readable metadata '
+                    f'({str(e).splitlines()[0][:120]}); give another checkpoint') from None
+  saved = ml_collections.ConfigDict(meta['config'])
+  tok_path = saved.tokenizer.get('path') or os.path.join(workdir, 'tokenizer',
+                                                         tokenizer_lib.MODEL_FILE)
+  tokenizer = tokenizer_lib.load_tokenizer(tok_path)
+  if meta.get('tokenizer_fingerprint') not in (None, tokenizer.fingerprint):
+    raise UserError(f'--init_from: the tokenizer at {tok_path} is not the one checkpoint '
+                    f'{step} was trained with; restore the original')
+  return InitFrom(directory, step, meta, workdir, tokenizer)
+
+
+def check_matches(init, config, workdir):
+  """The run's architecture and tokenizer must be the init checkpoint's."""
+  saved = init.saved.model
+  for field in checkpointing.ARCHITECTURE_FIELDS:
+    if saved.get(field) != config.model[field]:
+      raise UserError(f'model.{field}={config.model[field]} but --init_from was trained with '
+                      f'{saved.get(field)}; use the same model preset as the init checkpoint')
+  own = tokenizer_lib.tokenizer_path(workdir, config.tokenizer)
+  if os.path.isfile(own):
+    tokenizer = tokenizer_lib.load_tokenizer(own)
+    if tokenizer.fingerprint != init.tokenizer.fingerprint:
+      raise UserError(f'the tokenizer at {own} differs from the one --init_from was trained '
+                      'with; use a new workdir or the same tokenizer')
+
+
+def copy_tokenizer(init, workdir):
+  """The stage's workdir gets the tokenizer it was trained with (eval/generate use it)."""
+  target = os.path.join(workdir, 'tokenizer')
+  if not os.path.isfile(os.path.join(target, tokenizer_lib.MODEL_FILE)):
+    tokenizer_lib.save_tokenizer(init.tokenizer, target)

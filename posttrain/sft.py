@@ -1,0 +1,226 @@
+"""`run.py sft`: supervised fine-tuning on chat data, on the shared engine.
+
+Starts from `--init_from` (params restored, fresh optimizer state). The loss is
+next-token cross-entropy on assistant tokens only (their end-of-turn included).
+`sft.method` picks what trains:
+- `full`: every weight;
+- `lora`: low-rank adapters on the block's linear layers; the base is frozen
+  and merged as W + (alpha/rank)·A·B inside the jitted step;
+- `prompt`: N virtual-token embeddings before every example (P-tuning when
+  `sft.prompt_reparam_hidden` > 0); the model is frozen.
+Evaluation during training: assistant-token loss on the held-out chat split and
+the pretraining validation perplexity (what fine-tuning cost).
+"""
+import math
+import os
+
+import jax
+from jax.sharding import NamedSharding, PartitionSpec
+
+from configs.errors import UserError
+from data_pipeline import chat_formats
+from data_pipeline import embedded
+from data_pipeline import sft_loader
+from data_pipeline import tfds_corpus
+from data_pipeline.global_batch import process_row_block
+from engine import checkpointing
+from engine import flops
+from engine import lm_loss
+from engine import mesh as mesh_lib
+from engine import optimizer
+from engine import restore_params
+from engine import train_state
+from engine import train_step
+from engine.trainer import Stage
+from engine.trainer import Trainer
+from evaluation import chat_loss
+from evaluation import lm_validation
+from model import lora
+from model import soft_prompt
+from posttrain import init_from as init_from_lib
+
+
+def load_examples(config, tokenizer, files, what, num_virtual):
+  records = chat_formats.read_chat_files(files, config.data.chat_format)
+  examples, stats = sft_loader.tokenize_conversations(
+      records, tokenizer, config.data.seq_len, num_virtual, config.sft.truncation)
+  sft_loader.check_not_empty(examples, stats, what)
+  return examples, stats
+
+
+class SftStage(Stage):
+  name = 'sft'
+
+  def __init__(self, config, workdir, init_from):
+    self.config, self.workdir = config, workdir
+    self.init = init = init_from_lib.resolve(init_from)
+    init_from_lib.check_matches(init, config, workdir)
+    self.tokenizer = tokenizer = init.tokenizer
+    if '<|end_of_turn|>' not in tokenizer.sp.id_to_piece(tokenizer.chat_ids['<|end_of_turn|>']):
+      raise UserError('the tokenizer of --init_from has no chat control tokens; train one with '
+                      '`python run.py tokenizer` (they are reserved there)')
+    self.method, sft = config.sft.method, config.sft
+    self.mesh = mesh_lib.make_mesh(config.mesh)
+    mesh_lib.check_divisible(config, self.mesh)
+    self.spec = spec = train_state.ModelSpec(config.model, self.mesh)
+    base_params, base_prompt = restore_params.model_params(init.directory, init.step,
+                                                           init.meta, spec)
+    if base_prompt is not None:
+      raise UserError('--init_from is a prompt-tuned checkpoint; start from its base or from a '
+                      'full or LoRA fine-tune')
+    num_virtual = sft.num_virtual_tokens if self.method == 'prompt' else 0
+    train_files = embedded.chat_train_files(config)
+    self.train_examples, self.train_stats = load_examples(
+        config, tokenizer, train_files, 'the training chat files', num_virtual)
+    self.eval_examples, self.eval_stats = load_examples(
+        config, tokenizer, embedded.chat_eval_files(config), 'the held-out chat files',
+        num_virtual)
+    self.tx = optimizer.make_optimizer(config.train)
+    self.schedule = optimizer.learning_rate_schedule(config.train)
+    self._setup_method(base_params)
+    row_block, num_blocks = process_row_block(self.mesh, config.train.batch_size)
+    self.data_iter = sft_loader.train_dataset(config, self.train_examples, row_block, num_blocks)
+    self.meta = dict(checkpointing.metadata(config, tokenizer, self.mesh), stage='sft',
+                     method=self.method, base={'directory': init.directory, 'step': init.step},
+                     data={'train_files': list(train_files), **self.train_stats})
+    if self.method != 'full':
+      self.meta.update(adapter=self.method, lora={
+          'rank': sft.lora_rank, 'scale': sft.lora_alpha / sft.lora_rank,
+          'targets': list(sft.lora_targets)}, prompt={
+          'num_virtual': sft.num_virtual_tokens, 'reparam_hidden': sft.prompt_reparam_hidden})
+    self.loss_sums = lm_loss.next_token_loss(self.apply, 0.0)
+    self.tokens_per_step = config.train.batch_size * config.data.seq_len
+    self.flops_per_token = flops.train_flops_per_token(config.model, config.data.seq_len)
+    self._eval_fn = train_step.make_eval_step(self.apply, self.param_shardings,
+                                              self.frozen_shardings, self.mesh)
+    self._pretrain_eval = self._pretrain_validation()
+
+  def _setup_method(self, base_params):
+    spec, sft = self.spec, self.config.sft
+    if self.method == 'full':
+      self.param_shardings, self.init_params = spec.param_shardings, spec.init_params
+      self._start = base_params
+      return
+    self.frozen, self.frozen_shardings = base_params, spec.param_shardings
+    abstract = jax.eval_shape(lambda: base_params)
+    if self.method == 'lora':
+      targets = tuple(sft.lora_targets)
+      lora.check_rank(abstract, targets, sft.lora_rank)
+      self.init_params = lambda key: lora.init_adapters(key, abstract, targets, sft.lora_rank)
+      self.param_shardings = restore_params.adapter_shardings(spec, targets)
+      self._start = None
+    else:
+      make = lambda key, table: soft_prompt.init(  # noqa: E731
+          key, table, sft.num_virtual_tokens, sft.prompt_reparam_hidden)
+      self.init_params = lambda key: make(key, jax.numpy.zeros(abstract['embed'].shape))
+      replicated = NamedSharding(self.mesh, PartitionSpec())
+      self.param_shardings = jax.tree.map(lambda _: replicated,
+                                          jax.eval_shape(self.init_params, jax.random.key(0)))
+      # Real-token initialisation needs the embedding values: computed once, outside jit.
+      self._start = jax.device_put(make(jax.random.key(self.config.seed), base_params['embed']),
+                                   self.param_shardings)
+
+  def apply(self, params, frozen, batch):
+    """Logits of the model as this method trains it."""
+    prompt = None
+    if self.method == 'full':
+      model_params = params
+    elif self.method == 'lora':
+      model_params = lora.merge(frozen, params, self.config.sft.lora_alpha
+                                / self.config.sft.lora_rank)
+    else:
+      model_params, prompt = frozen, soft_prompt.embeddings(params)
+    return self.spec.apply(model_params, batch['inputs'], batch['positions'],
+                           batch['segment_ids'], prompt)
+
+  def start_params(self):
+    return self._start
+
+  def trainable_count(self):
+    return sum(int(math.prod(x.shape)) for x in jax.tree.leaves(
+        jax.eval_shape(self.init_params, jax.random.key(0))))
+
+  def _pretrain_validation(self):
+    """The pretraining corpus's validation loss, if --init_from has one prepared."""
+    try:
+      saved = self.init.saved
+      saved.data.tfds_data_dir = tfds_corpus.tfds_dir(saved, self.init.workdir)
+      source = tfds_corpus.open_split(saved, self.init.workdir, saved.data.eval_split)
+    except Exception:  # e.g. an imported HF model: no corpus to compare with
+      return None
+    model_apply = lambda params, _, batch: self.spec.apply(  # noqa: E731
+        params, batch['inputs'], batch['positions'], batch['segment_ids'])
+    model_fn = train_step.make_eval_step(model_apply, self.spec.param_shardings, {}, self.mesh)
+    return lambda model_params: lm_validation.validation_loss(
+        model_fn, model_params, {}, saved, source, self.tokenizer, self.mesh,
+        self.config.train.eval_batches)
+
+  def model_params(self, params):
+    if self.method == 'full':
+      return params
+    if self.method == 'lora':
+      return lora.merge(self.frozen, params, self.config.sft.lora_alpha / self.config.sft.lora_rank)
+    return self.frozen
+
+  def check_compatible(self, meta):
+    checkpointing.check_compatible(meta, self.config, self.tokenizer)
+    if meta.get('method') != self.method:
+      raise UserError(f'sft.method={self.method} but the checkpoints in this workdir were '
+                      f'trained with {meta.get("method")}; use a new workdir or --noresume')
+
+  def evaluate(self, params):
+    metrics = chat_loss.assistant_loss(self._eval_fn, params, self.frozen, self.eval_examples,
+                                       self.config, self.mesh, self.config.train.eval_batches)
+    if self._pretrain_eval is not None:
+      pre = self._pretrain_eval(self.model_params(params))
+      metrics['pretrain_loss'] = pre['eval_loss']
+      metrics['pretrain_perplexity'] = pre['eval_perplexity']
+    return metrics
+
+
+def run_sft(config, workdir, init_from, resume=True, on_ready=None):
+  stage = SftStage(config, workdir, init_from)
+  trainer = Trainer(stage, resume)
+  if jax.process_index() == 0:
+    init_from_lib.copy_tokenizer(stage.init, workdir)
+    stats = stage.train_stats
+    print(f'sft: {stage.method}, {stage.trainable_count():,} trainable params; '
+          f'{len(stage.train_examples):,} training conversations ({stats["empty"]} without an '
+          f'assistant reply skipped, {stats["truncated"]} truncated, {stats["dropped_long"]} '
+          f'dropped as too long), {len(stage.eval_examples):,} held out', flush=True)
+  if on_ready is not None:
+    on_ready()
+  first = None
+  if os.path.exists(os.path.join(workdir, 'metrics.jsonl')):
+    first = _first_eval(os.path.join(workdir, 'metrics.jsonl'))
+  result = trainer.run()
+  first = first or _first_eval(os.path.join(workdir, 'metrics.jsonl'))
+  result['checkpoint_bytes'] = _dir_bytes(os.path.join(workdir, 'checkpoints',
+                                                       str(result['step'])))
+  if jax.process_index() == 0 and 'eval_loss' in result:
+    before = f' (step 0: {first["eval_loss"]:.4f})' if first else ''
+    line = (f'sft: step {result["step"]}, held-out assistant loss {result["eval_loss"]:.4f}'
+            f'{before}')
+    if 'pretrain_perplexity' in result:
+      line += (f', pretraining perplexity {first["pretrain_perplexity"]:.2f} -> '
+               f'{result["pretrain_perplexity"]:.2f}' if first else
+               f', pretraining perplexity {result["pretrain_perplexity"]:.2f}')
+    print(line + f'; checkpoint {result["checkpoint_bytes"] / 2**20:.2f} MiB', flush=True)
+  return result
+
+
+def _first_eval(path):
+  import json
+  if not os.path.exists(path):
+    return None
+  with open(path) as f:
+    for line in f:
+      record = json.loads(line)
+      if record.get('step') == 0 and 'eval_loss' in record:
+        return record
+  return None
+
+
+def _dir_bytes(path):
+  return sum(os.path.getsize(os.path.join(root, name))
+             for root, _, names in os.walk(path) for name in names)
