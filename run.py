@@ -59,6 +59,10 @@ _DEVICES_PER_PROCESS = flags.DEFINE_integer('devices_per_process', 0, 'launch: s
                                            'devices per process (0 = the default).')
 _INIT_FROM = flags.DEFINE_string('init_from', None, 'sft: the workdir or checkpoint step '
                                  'directory to start from.')
+_CHAT = flags.DEFINE_bool('chat', False, 'generate: wrap each prompt in the chat template and '
+                          'stop at end-of-turn; eval: chat metrics (default on fine-tuned '
+                          'workdirs).')
+_SYSTEM = flags.DEFINE_string('system', None, 'generate --chat: a system message.')
 _HEARTBEAT_TIMEOUT = flags.DEFINE_integer('heartbeat_timeout', 30, 'Multi-process: seconds '
                                           'without a heartbeat before a process counts as lost.')
 _COORDINATOR = flags.DEFINE_string('coordinator_address', None, 'Multi-process: host:port of '
@@ -133,6 +137,16 @@ def run_command(command, config, workdir):
     import jax
     sft.run_sft(config, workdir, _INIT_FROM.value, resume=_RESUME.value, on_ready=lambda: (
         jax.process_index() == 0 and write_resolved_config(config, workdir)))
+  elif command == 'eval' and (_CHAT.value or _is_fine_tuned(workdir)):
+    from evaluation import chat_eval
+    summary = chat_eval.run_chat_eval(config, workdir, checkpoint=_CHECKPOINT.value,
+                                      step=_STEP.value, eval_files=_EVAL_FILES.value,
+                                      batch_size=_BATCH_SIZE.value)
+    import jax
+    if jax.process_index() == 0:
+      print(chat_eval.format_summary(summary))
+      if _JSON.value:
+        print(json.dumps(summary, ensure_ascii=False))
   elif command == 'eval':
     from evaluation import evaluate
     summary = evaluate.run_eval(
@@ -149,12 +163,13 @@ def run_command(command, config, workdir):
     result = sampling.run_generate(
         config, workdir, _PROMPT.value, checkpoint=_CHECKPOINT.value, step=_STEP.value,
         max_new_tokens=_MAX_NEW_TOKENS.value, temperature=_TEMPERATURE.value,
-        top_k=_TOP_K.value, top_p=_TOP_P.value, seed=_SEED.value, quantize=_QUANTIZE.value)
+        top_k=_TOP_K.value, top_p=_TOP_P.value, seed=_SEED.value, quantize=_QUANTIZE.value,
+        chat=_CHAT.value, system=_SYSTEM.value)
     import jax
     if jax.process_index() == 0:
       for sample in result['samples']:
-        print(f'--- {sample["prompt"]!r} ({sample["tokens"]} tokens)\n{sample["prompt"]}'
-              f'{sample["text"]}')
+        print(f'--- {sample["prompt"]!r} ({sample["tokens"]} tokens)\n'
+              + (sample['text'] if _CHAT.value else sample['prompt'] + sample['text']))
       if _JSON.value:
         print(json.dumps(result, ensure_ascii=False))
   elif command == 'export':
@@ -197,6 +212,15 @@ def run_command(command, config, workdir):
       print(json.dumps(report))
   else:
     fail(f'command {command!r} is not built yet', code=3)
+
+
+def _is_fine_tuned(workdir):
+  from engine import restore_params
+  try:
+    directory, step = restore_params.locate(workdir, _CHECKPOINT.value, _STEP.value)
+    return restore_params.read_meta(directory, step).get('stage') not in (None, 'pretrain')
+  except Exception:  # let the regular path report what is wrong
+    return False
 
 
 def run_pretrain(config, workdir):

@@ -6,6 +6,7 @@ import numpy as np
 from flax import nnx
 
 from configs.errors import UserError
+from data_pipeline import chat_template
 from model import decode
 from model import quantize as quantize_lib
 from evaluation import evaluate
@@ -27,48 +28,72 @@ def check_sampling_flags(temperature, top_k, top_p, max_new_tokens, vocab_size):
 
 
 def make_generate_fn(spec, max_new_tokens, temperature, top_k, top_p, eos_id):
-  def run(params, prompt, lengths, key):
+  def run(params, prompt, lengths, key, soft_prompt=None):
     model = nnx.merge(spec.graphdef, quantize_lib.dequantize(params))
     return decode.generate(model, prompt, lengths, key, max_new_tokens=max_new_tokens,
-                           temperature=temperature, top_k=top_k, top_p=top_p, eos_id=eos_id)
+                           temperature=temperature, top_k=top_k, top_p=top_p, eos_id=eos_id,
+                           soft_prompt=soft_prompt)
   replicated = jax.sharding.NamedSharding(spec.mesh, jax.sharding.PartitionSpec())
   return with_mesh(spec.mesh, jax.jit(run, out_shardings=(replicated, replicated)))
 
 
-def run_generate(config, workdir, prompts, *, checkpoint=None, step=None, max_new_tokens=64,
-                 temperature=0.8, top_k=0, top_p=1.0, seed=0, quantize=None):
-  if not prompts:
-    raise UserError('give at least one --prompt')
-  model_cfg, params, tokenizer, spec, saved, step, prompt = restore_params.load(
-      workdir, config, checkpoint, step)
-  check_sampling_flags(temperature, top_k, top_p, max_new_tokens, model_cfg.vocab_size)
-  params, weight_info = evaluate.quantize_params(params, quantize, spec.mesh)
-  bos = [tokenizer.bos_id] if saved.data.add_bos else []  # as in training
-  encoded = [bos + tokenizer.encode(p) for p in prompts]
+def encode_prompts(tokenizer, prompts, *, chat, system, add_bos, num_virtual):
+  """Prompt ids: plain text (BOS as in training) or the chat template asking for a
+  reply; a prompt-tuned model gets its placeholders for the virtual tokens first."""
+  if chat:
+    if tokenizer.piece(tokenizer.chat_ids['<|end_of_turn|>']) != '<|end_of_turn|>':
+      raise UserError('this tokenizer has no chat tokens; --chat needs a tokenizer trained by '
+                      '`python run.py tokenizer`')
+    encoded = [list(chat_template.prompt_ids(tokenizer, p, system)) for p in prompts]
+  else:
+    encoded = [([tokenizer.bos_id] if add_bos else []) + tokenizer.encode(p) for p in prompts]
+  return [[tokenizer.pad_id] * num_virtual + ids for ids in encoded]
+
+
+def generate_ids(spec, params, soft_prompt, encoded, *, max_new_tokens, temperature, top_k,
+                 top_p, seed, stop_id):
+  """(tokens (B, max_new_tokens), counts (B,)) as numpy, for right-padded prompts."""
   longest = max(map(len, encoded))
-  if longest + max_new_tokens > model_cfg.max_seq_len:
+  if longest + max_new_tokens > spec.cfg.max_seq_len:
     raise UserError(f'a prompt of {longest} tokens plus --max_new_tokens={max_new_tokens} '
-                    f'exceeds the context of {model_cfg.max_seq_len}; shorten the prompt or '
+                    f'exceeds the context of {spec.cfg.max_seq_len}; shorten the prompt or '
                     'generate fewer tokens')
   prompt = np.zeros((len(encoded), longest), np.int32)
   for row, ids in enumerate(encoded):
     prompt[row, :len(ids)] = ids
   lengths = np.asarray([len(ids) for ids in encoded], np.int32)
   fn = make_generate_fn(spec, max_new_tokens, float(temperature), int(top_k), float(top_p),
-                        tokenizer.eos_id)
+                        stop_id)
   replicated = jax.sharding.NamedSharding(spec.mesh, jax.sharding.PartitionSpec())
   # Global (replicated) inputs, so the same call works when params span processes.
   prompt, lengths = (jax.make_array_from_process_local_data(replicated, x)
                      for x in (prompt, lengths))
+  tokens, counts = fn(params, prompt, lengths, jax.random.key(seed), soft_prompt)
+  return tuple(np.asarray(x.addressable_data(0)) for x in (tokens, counts))
+
+
+def run_generate(config, workdir, prompts, *, checkpoint=None, step=None, max_new_tokens=64,
+                 temperature=0.8, top_k=0, top_p=1.0, seed=0, quantize=None, chat=False,
+                 system=None):
+  if not prompts:
+    raise UserError('give at least one --prompt')
+  model_cfg, params, tokenizer, spec, saved, step, soft_prompt = restore_params.load(
+      workdir, config, checkpoint, step)
+  check_sampling_flags(temperature, top_k, top_p, max_new_tokens, model_cfg.vocab_size)
+  params, weight_info = evaluate.quantize_params(params, quantize, spec.mesh)
+  encoded = encode_prompts(tokenizer, prompts, chat=chat, system=system,
+                           add_bos=saved.data.add_bos,
+                           num_virtual=0 if soft_prompt is None else soft_prompt.shape[0])
+  stop_id = tokenizer.chat_ids['<|end_of_turn|>'] if chat else tokenizer.eos_id
   start = time.perf_counter()
-  tokens, counts = fn(params, prompt, lengths, jax.random.key(seed))
-  tokens, counts = (np.asarray(x.addressable_data(0)) for x in (tokens, counts))
+  tokens, counts = generate_ids(spec, params, soft_prompt, encoded,
+                                max_new_tokens=max_new_tokens, temperature=temperature,
+                                top_k=top_k, top_p=top_p, seed=seed, stop_id=stop_id)
   elapsed = time.perf_counter() - start
   samples = []
   for row, text in enumerate(prompts):
-    ids = [int(t) for t in tokens[row, :counts[row]] if t != tokenizer.eos_id]
-    samples.append({'prompt': text, 'text': tokenizer.decode(ids),
-                    'tokens': int(counts[row]), 'ids': ids})
+    ids = [int(t) for t in tokens[row, :counts[row]] if t != stop_id]
+    samples.append({'prompt': text, 'text': tokenizer.decode(ids), 'tokens': int(counts[row]),
+                    'ids': ids, 'ended': bool(counts[row] and tokens[row, counts[row] - 1]
+                                              == stop_id)})
   return {'samples': samples, 'step': step, 'seconds_with_compile': elapsed, **weight_info}
-
-

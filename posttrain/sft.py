@@ -82,7 +82,8 @@ class SftStage(Stage):
     self.data_iter = sft_loader.train_dataset(config, self.train_examples, row_block, num_blocks)
     self.meta = dict(checkpointing.metadata(config, tokenizer, self.mesh), stage='sft',
                      method=self.method, base={'directory': init.directory, 'step': init.step},
-                     data={'train_files': list(train_files), **self.train_stats})
+                     data={'train_files': list(train_files), **self.train_stats},
+                     pretrain_workdir=self._pretrain_workdir())
     if self.method != 'full':
       self.meta.update(adapter=self.method, lora={
           'rank': sft.lora_rank, 'scale': sft.lora_alpha / sft.lora_rank,
@@ -119,6 +120,12 @@ class SftStage(Stage):
       # Real-token initialisation needs the embedding values: computed once, outside jit.
       self._start = jax.device_put(make(jax.random.key(self.config.seed), base_params['embed']),
                                    self.param_shardings)
+
+  def _pretrain_workdir(self):
+    """The workdir whose corpus measures forgetting: P's own, or the one P names."""
+    if os.path.isdir(os.path.join(self.init.workdir, 'tfds')):
+      return self.init.workdir
+    return self.init.meta.get('pretrain_workdir')
 
   def apply(self, params, frozen, batch):
     """Logits of the model as this method trains it."""
