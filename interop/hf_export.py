@@ -18,6 +18,7 @@ import orbax.checkpoint as ocp
 from safetensors.numpy import save_file
 
 from configs.errors import UserError
+from data_pipeline import chat_template
 from data_pipeline import tokenizer as tokenizer_lib
 from model import hf_convert
 from interop import hf_parity
@@ -41,18 +42,20 @@ def tokenizer_files(tokenizer, out, max_len):
     json.dump({'tokenizer_class': 'LlamaTokenizer', 'add_bos_token': False,
                'add_eos_token': False, 'legacy': False, 'add_prefix_space': False,
                'model_max_length': max_len,
-               'additional_special_tokens': list(tokenizer_lib.CHAT_TOKENS), **special}, f,
-              indent=1)
+               'additional_special_tokens': list(tokenizer_lib.CHAT_TOKENS),
+               'chat_template': chat_template.JINJA_TEMPLATE, **special}, f, indent=1)
   with open(os.path.join(out, 'special_tokens_map.json'), 'w') as f:
     json.dump(special, f, indent=1)
 
 
-def write_tensors(state_dir, model_cfg, out, shard_bytes, keep=None):
+def write_tensors(state_dir, model_cfg, out, shard_bytes, keep=None, params=None):
   """Streams tensors into shards; `keep` (a dict) also receives each param as read,
-  so the parity check does not read the checkpoint a second time."""
+  so the parity check does not read the checkpoint a second time. With `params`
+  (a LoRA model merged in memory) tensors come from there instead."""
   current, size, index = {}, 0, {}
   for hf_name, path, to_hf, _ in hf_convert.tensor_map(model_cfg):
-    leaf = read_leaf(state_dir, path)
+    leaf = (read_leaf(state_dir, path) if params is None
+            else np.asarray(jax.device_get(hf_convert.get_path(params, path))))
     if keep is not None:
       hf_convert.set_path(keep, path, leaf)
     tensor = np.ascontiguousarray(to_hf(leaf))
@@ -85,6 +88,19 @@ def _flush(tensors, out, index):
     index[key] = name
 
 
+def merged_lora(meta, directory, step, saved, config):
+  """W + scale·A·B for a LoRA checkpoint (its base + adapters), else None (streamed)."""
+  if meta.get('adapter') is None:
+    return None
+  if meta['adapter'] != 'lora':
+    raise UserError('a prompt-tuned model has no Hugging Face LLaMA form (its soft prompt is '
+                    'not a weight); export its base workdir, or fine-tune with full or lora')
+  from engine import mesh as mesh_lib
+  from engine import train_state
+  spec = train_state.ModelSpec(saved.model, mesh_lib.make_mesh(config.mesh))
+  return jax.device_get(restore_params.model_params(directory, step, meta, spec)[0])
+
+
 def run_export(config, workdir, out, *, checkpoint=None, step=None, overwrite=False,
                parity=True):
   if jax.process_count() > 1:
@@ -108,7 +124,8 @@ def run_export(config, workdir, out, *, checkpoint=None, step=None, overwrite=Fa
   try:
     state_dir = os.path.join(directory, str(step), 'state')
     params = {} if parity else None
-    shards = write_tensors(state_dir, saved.model, staging, config.hf.shard_mb * 2**20, params)
+    shards = write_tensors(state_dir, saved.model, staging, config.hf.shard_mb * 2**20, params,
+                           merged_lora(meta, directory, step, saved, config))
     with open(os.path.join(staging, 'config.json'), 'w') as f:
       json.dump(hf_convert.hf_config(saved.model, tokenizer), f, indent=1)
     with open(os.path.join(staging, 'generation_config.json'), 'w') as f:

@@ -158,3 +158,42 @@ def test_import_reads_bfloat16_checkpoints(hf_random, tmp_path):
   result = _json(run_cli('import', f'--hf_dir={bf16_dir}', f'--workdir={tmp_path / "w"}',
                          '--json'))
   assert result['parity']['max_abs_logit_diff'] < 1e-4
+
+
+def test_lora_export_is_merged_and_carries_the_chat_template(tiny_workdir, tmp_path):
+  """A LoRA SFT workdir exports W + scale·A·B (transformers' logits equal ours on the
+  merged weights), and transformers' apply_chat_template gives exactly our ids."""
+  base = fresh_workdir(tiny_workdir, tmp_path / 'base')
+  common = ['--config.train.eval_every=0', '--config.train.eval_batches=1',
+            '--config.train.peak_tflops=1.0', '--config.train.batch_size=4']
+  assert run_cli('pretrain', '--config=configs/tiny.py', '--config.train.steps=3',
+                 f'--workdir={base}', *common).returncode == 0
+  sft = tmp_path / 'sft'
+  result = run_cli('sft', '--config=configs/sft_tiny.py', f'--workdir={sft}',
+                   f'--init_from={base}', '--config.sft.method=lora', '--config.train.steps=4',
+                   '--config.train.learning_rate=0.01', '--config.train.warmup_steps=1', *common)
+  assert result.returncode == 0, result.stderr[-2000:]
+  out = str(tmp_path / 'hf')
+  exported = _json(run_cli('export', f'--workdir={sft}', f'--out={out}', '--json'))
+  assert exported['parity']['max_abs_logit_diff'] < 1e-4
+  # Independently of the export's own check: the merged weights differ from the base's.
+  from safetensors.numpy import load_file
+  import orbax.checkpoint as ocp
+  tensors = load_file(os.path.join(out, 'model.safetensors'))
+  base_q = ocp.StandardCheckpointer().restore(
+      str(base / 'checkpoints' / '3' / 'state'))['params']['block_0']['attn']['wq']
+  exported_q = tensors['model.layers.0.self_attn.q_proj.weight']
+  assert exported_q.shape == (base_q.shape[1] * base_q.shape[2], base_q.shape[0])
+  assert np.abs(exported_q - base_q.reshape(base_q.shape[0], -1).T).max() > 1e-6
+  from data_pipeline import chat_template
+  from data_pipeline import tokenizer as tokenizer_lib
+  ours = tokenizer_lib.load_tokenizer(str(sft / 'tokenizer' / 'tokenizer.model'))
+  hf_tok = transformers.AutoTokenizer.from_pretrained(out)
+  messages = [{'role': 'system', 'content': 'Be brief.'},
+              {'role': 'user', 'content': '《静夜思》的作者是谁？'},
+              {'role': 'assistant', 'content': '李白'},
+              {'role': 'user', 'content': 'Define "river".  Twice!'}]
+  theirs = hf_tok.apply_chat_template(messages, tokenize=True, add_generation_prompt=True)
+  theirs = theirs['input_ids'] if isinstance(theirs, dict) or hasattr(theirs, 'keys') else theirs
+  assert list(theirs) == [int(i) for i in chat_template.prompt_ids(ours, messages[:-1] + [
+      messages[-1]])]
