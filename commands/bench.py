@@ -1,0 +1,27 @@
+"""`run.py bench`: speed, MFU and memory of a config (and the PyTorch peer)."""
+import os
+
+from absl import flags
+
+from commands import common
+
+WITH_TORCH = flags.DEFINE_bool('with_torch', False, 'Also time the PyTorch peer.')
+PROFILE = flags.DEFINE_bool('profile', False, 'Instead of the speed table, trace the train step '
+                            'and show where its time goes, op by op.')
+
+
+def main(config, workdir):
+  from bench import run_bench
+  if PROFILE.value:
+    from bench import step_profile
+    report = step_profile.profile(config, os.path.abspath(os.path.join(workdir, 'profile')))
+    print(step_profile.format_profile(report))
+    if common.JSON.value:
+      common.print_json(report)
+    return
+  name = os.path.splitext(os.path.basename(flags.FLAGS['config'].config_filename))[0]
+  result = run_bench.run_bench(config, workdir, name, with_torch=WITH_TORCH.value)
+  print(run_bench.format_table(result))
+  print(f'bench: results written to {result["results_file"]}')
+  if common.JSON.value:
+    common.print_json(result)

@@ -1,0 +1,114 @@
+"""Flags every command takes, and the plumbing around a command's `main`."""
+import os
+import sys
+
+from absl import flags
+from ml_collections import config_dict
+from ml_collections import config_flags
+
+from configs.errors import UserError
+from configs.validate import validate
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+CONFIG = config_flags.DEFINE_config_file(
+    'config', os.path.join(REPO, 'configs', 'base.py'), 'Config file (configs/<name>.py).')
+WORKDIR = flags.DEFINE_string('workdir', None, 'Directory for everything a run produces.')
+JSON = flags.DEFINE_bool('json', False, 'Print one JSON object as the last stdout line.')
+HEARTBEAT_TIMEOUT = flags.DEFINE_integer('heartbeat_timeout', 30, 'Multi-process: seconds '
+                                         'without a heartbeat before a process counts as lost.')
+COORDINATOR = flags.DEFINE_string('coordinator_address', None, 'Multi-process: host:port of '
+                                  'process 0.')
+NUM_PROCESSES = flags.DEFINE_integer('num_processes', None, 'Multi-process: process count.')
+PROCESS_ID = flags.DEFINE_integer('process_id', None, 'Multi-process: this process index.')
+
+
+def define(kind, name, default, *args):
+  """A flag several commands share (eval and generate both take --checkpoint):
+  defined by whichever command module is imported first."""
+  if name not in flags.FLAGS:
+    getattr(flags, f'DEFINE_{kind}')(name, default, *args)
+  return lambda: flags.FLAGS[name].value
+
+
+def checkpoint_flags():
+  """(--checkpoint, --step) accessors, for the commands that read one checkpoint."""
+  return (define('string', 'checkpoint', None, 'A checkpoint step directory instead of the '
+                 'workdir\'s latest.'),
+          define('integer', 'step', None, 'Use this step of the workdir.'))
+
+
+def resume_flag():
+  return define('bool', 'resume', True, 'Continue from the latest complete checkpoint in the '
+                'workdir (--noresume sets old steps aside).')
+
+
+def fail(message, code=2):
+  print(f'error: {message}', file=sys.stderr, flush=True)
+  sys.exit(code)
+
+
+def parse_flags(argv):
+  """absl's parser, but a bad flag is one line and exit 2 instead of usage + exit 1."""
+  try:
+    return flags.FLAGS(argv)
+  except (AttributeError, KeyError) as e:  # ml_collections: no such key
+    key = str(e).strip().strip('"\'').splitlines()[0]
+    fail(f'unknown config key {key!r} in a --config.* override; see configs/base.py for the keys')
+  except (flags.Error, TypeError, ValueError) as e:
+    message = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+    fail(f'{message}; see `python run.py <command> --help` and configs/base.py for flags and '
+         'config keys')
+
+
+def load_config():
+  config = CONFIG.value
+  if not isinstance(config, config_dict.ConfigDict):
+    fail(f'cannot load --config={flags.FLAGS["config"].config_filename!r}; give a file in '
+         'configs/ such as configs/tiny.py')
+  validate(config)
+  return config
+
+
+def write_resolved_config(config, workdir):
+  os.makedirs(workdir, exist_ok=True)
+  tmp = os.path.join(workdir, 'config.json.tmp')
+  with open(tmp, 'w') as f:
+    f.write(config.to_json(indent=1))
+  os.replace(tmp, os.path.join(workdir, 'config.json'))
+
+
+def on_ready(config, workdir):
+  """For stages: WORKDIR/config.json is replaced once the stage's checks pass."""
+  import jax
+  return lambda: jax.process_index() == 0 and write_resolved_config(config, workdir)
+
+
+def initialize_distributed():
+  from engine import distributed
+  distributed.initialize(COORDINATOR.value, NUM_PROCESSES.value, PROCESS_ID.value,
+                         heartbeat_timeout_seconds=HEARTBEAT_TIMEOUT.value)
+
+
+def run(module, argv):
+  """Validates the config and workdir, starts JAX's distributed runtime and calls
+  the command's main; a UserError anywhere is one `error:` line and exit 2."""
+  if len(argv) > 2 and not getattr(module, 'TAKES_ARGS', False):
+    fail(f'unexpected arguments {argv[2:]}; flags take the form --name=value')
+  try:
+    if getattr(module, 'RAW', False):  # launch: no config, no JAX here
+      return module.main(argv)
+    config = load_config()
+    workdir = None
+    if getattr(module, 'NEEDS_WORKDIR', True):
+      if not WORKDIR.value:
+        raise UserError('--workdir is required; give a directory for this run\'s outputs')
+      workdir = os.path.abspath(WORKDIR.value)
+    initialize_distributed()
+    return module.main(config, workdir)
+  except UserError as e:
+    fail(str(e))
+
+
+def print_json(value):
+  import json
+  print(json.dumps(value, ensure_ascii=False))

@@ -1,0 +1,16 @@
+"""`run.py describe`: param count, FLOPs/token and per-device memory of a config."""
+from absl import flags
+
+from commands import common
+
+NEEDS_WORKDIR = False  # reads nothing, writes nothing
+NUM_DEVICES = flags.DEFINE_integer('num_devices', None, 'Devices to plan the mesh for '
+                                   '(default: this machine\'s).')
+
+
+def main(config, _):
+  from engine import describe
+  report = describe.describe(config, NUM_DEVICES.value)
+  print(describe.format_report(report))
+  if common.JSON.value:
+    common.print_json(report)

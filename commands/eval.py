@@ -1,0 +1,46 @@
+"""`run.py eval`: perplexity and bits per byte of a checkpoint on text; on a
+fine-tuned workdir (or with --chat) the chat metrics instead."""
+from absl import flags
+
+from commands import common
+
+CHECKPOINT, STEP = common.checkpoint_flags()
+EVAL_FILES = flags.DEFINE_list('eval_files', [], 'Text/JSONL files (chat JSONL for chat '
+                               'metrics), each reported separately (default: the held-out split).')
+SEQ_LEN = flags.DEFINE_integer('seq_len', None, 'Window length (default: training\'s).')
+STRIDE = flags.DEFINE_integer('stride', None, 'Window advance (default: seq_len).')
+BATCH_SIZE = flags.DEFINE_integer('batch_size', 8, 'Windows (or conversations) per batch.')
+MAX_BATCHES = flags.DEFINE_integer('max_batches', 0, 'Stop after this many batches (0 = all).')
+QUANTIZE = common.define('enum', 'quantize', 'none', ['none', 'int8'],
+                         'int8 weight-only quantization of the linear layers.')
+CHAT = common.define('bool', 'chat', False, 'Chat metrics (the default on fine-tuned workdirs).')
+
+
+def is_fine_tuned(workdir):
+  from engine import restore_params
+  try:
+    directory, step = restore_params.locate(workdir, CHECKPOINT(), STEP())
+    return restore_params.read_meta(directory, step).get('stage') not in (None, 'pretrain')
+  except Exception:  # the regular path reports what is wrong
+    return False
+
+
+def main(config, workdir):
+  import jax
+  if CHAT() or is_fine_tuned(workdir):
+    from evaluation import chat_eval
+    summary = chat_eval.run_chat_eval(config, workdir, checkpoint=CHECKPOINT(),
+                                      step=STEP(), eval_files=EVAL_FILES.value,
+                                      batch_size=BATCH_SIZE.value)
+    text = chat_eval.format_summary(summary)
+  else:
+    from evaluation import evaluate
+    summary = evaluate.run_eval(
+        config, workdir, checkpoint=CHECKPOINT(), step=STEP(),
+        eval_files=EVAL_FILES.value, seq_len=SEQ_LEN.value, stride=STRIDE.value,
+        batch_size=BATCH_SIZE.value, max_batches=MAX_BATCHES.value, quantize=QUANTIZE())
+    text = evaluate.format_summary(summary)
+  if jax.process_index() == 0:
+    print(text)
+    if common.JSON.value:
+      common.print_json(summary)
