@@ -44,6 +44,10 @@ def nominal_peak(device_kind, override_tflops):
   return None
 
 
+def selected(shapes, names):
+  return {k: v for k, v in shapes.items() if not names or k in names.split(',')}
+
+
 def write(path, result):
   tmp = path + '.tmp'
   with open(tmp, 'w') as f:
@@ -69,7 +73,7 @@ def run_jax(args):
   import flax
   result['flax'] = flax.__version__
   deadline = time.time() + args.budget_s
-  if jax.default_backend() == 'gpu':
+  if jax.default_backend() == 'gpu' and not args.skip_correctness:
     start = time.time()
     try:
       result['correctness'] = {f'{h}q_{k}kv': check_fused_against_reference(heads=h, kv_heads=k)
@@ -81,8 +85,9 @@ def run_jax(args):
   peak = nominal_peak(result['device_kind'], args.peak_tflops)
   result['peak_flops'] = peak
   result['steps'] = []
-  shapes = SMOKE_SHAPES if args.smoke else SHAPES
+  shapes = selected(SMOKE_SHAPES if args.smoke else SHAPES, args.shapes)
   kernels = ('blocked', 'xla', 'reference') if jax.default_backend() == 'cpu' else KERNELS
+  kernels = tuple(args.kernels.split(',')) if args.kernels else kernels
   # the rows the issue asks for first; the fallback's rows only if time is left
   order = ([(s, k) for s in shapes for k in kernels if k != 'cudnn_masked'] +
            [(s, k) for s in shapes for k in kernels if k == 'cudnn_masked'])
@@ -110,7 +115,7 @@ def run_torch(args):
             'device_kind': torch.cuda.get_device_name() if cuda else 'cpu', 'steps': []}
   peak = nominal_peak(result['device_kind'], args.peak_tflops)
   deadline = time.time() + args.budget_s
-  shapes = SMOKE_SHAPES if args.smoke else SHAPES
+  shapes = selected(SMOKE_SHAPES if args.smoke else SHAPES, args.shapes)
   for name, (preset, batch, seq_len, remat) in shapes.items():
     row = {'shape': name, 'kernel': 'torch.compile sdpa', 'batch': batch, 'seq_len': seq_len}
     if time.time() > deadline - (150 if 'llama' in name else 60):
@@ -132,13 +137,16 @@ def orchestrate(args):
   start = time.time()
   merged = {'smoke': args.smoke, 'parts': {}}
   shares = {'jax': 0.64, 'torch': 0.36}
-  for part in ('jax', 'torch'):
+  for part in ('jax',) if args.no_torch else ('jax', 'torch'):
     part_out = f'{args.out}.{part}.json'
     spent = time.time() - start
-    budget = args.budget_s * shares['jax'] if part == 'jax' else args.budget_s - spent
+    budget = args.budget_s - spent if args.no_torch or part == 'torch' else (
+        args.budget_s * shares['jax'])
     cmd = [sys.executable, os.path.abspath(__file__), f'--part={part}', f'--part_out={part_out}',
            f'--budget_s={budget:.0f}', f'--steps={args.steps}',
-           f'--peak_tflops={args.peak_tflops}'] + (['--smoke'] if args.smoke else [])
+           f'--peak_tflops={args.peak_tflops}', f'--shapes={args.shapes}',
+           f'--kernels={args.kernels}'] + (['--smoke'] if args.smoke else []) + (
+               ['--skip_correctness'] if args.skip_correctness else [])
     proc = subprocess.run(cmd, cwd=REPO, timeout=budget + 90, check=False)
     merged['parts'][part] = (json.load(open(part_out)) if os.path.exists(part_out) else {})
     merged['parts'][part]['returncode'] = proc.returncode
@@ -158,7 +166,8 @@ def summary(merged):
       lines.append(f'{row["shape"]:10s} {row["kernel"]:13s} {row["tokens_per_s"]:12,.0f} tok/s'
                    f'{mfu}{ratio}')
     else:
-      lines.append(f'{row["shape"]:10s} {row["kernel"]:13s} {row.get("error") or row.get("skipped")}')
+      why = row.get('error') or row.get('skipped')
+      lines.append(f'{row["shape"]:10s} {row["kernel"]:13s} {why}')
   for row in torch_rows.values():
     lines.append(f'{row["shape"]:10s} torch         ' + (
         f'{row["tokens_per_s"]:12,.0f} tok/s' if 'tokens_per_s' in row else
@@ -174,6 +183,11 @@ def main():
   parser.add_argument('--steps', type=int, default=5)
   parser.add_argument('--peak_tflops', type=float, default=0.0,
                       help='per-device bf16 dense peak when the device kind is not known')
+  parser.add_argument('--shapes', default='', help='comma list of SHAPES keys; all if empty')
+  parser.add_argument('--kernels', default='',
+                      help="comma list, e.g. 'cudnn:8,cudnn:16,cudnn_masked'; default KERNELS")
+  parser.add_argument('--no_torch', action='store_true', help='skip the PyTorch peer')
+  parser.add_argument('--skip_correctness', action='store_true')
   parser.add_argument('--part', choices=('jax', 'torch'), default=None)
   parser.add_argument('--part_out', default=None)
   args = parser.parse_args()

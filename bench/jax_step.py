@@ -71,9 +71,12 @@ def make_step(model_cfg):
 
 def measure(model_cfg, kernel, batch, seq_len, steps=5, peak=None):
   """tokens/s, MFU and compile time of one train step with attention `kernel`
-  ('cudnn_masked' = the cudnn kernel forced onto its document-mask fallback)."""
-  model_cfg.attention = 'cudnn' if kernel == 'cudnn_masked' else kernel
-  with max_segments(2 if kernel == 'cudnn_masked' else attention_cudnn.MAX_SEGMENTS):
+  ('cudnn_masked' = the cudnn kernel forced onto its document-mask fallback;
+  'cudnn:16' = the packed kernel with 16 document slots per row)."""
+  name, _, slots = kernel.partition(':')
+  model_cfg.attention = 'cudnn' if name == 'cudnn_masked' else name
+  slots = 2 if name == 'cudnn_masked' else int(slots or attention_cudnn.MAX_SEGMENTS)
+  with max_segments(slots):
     step, params, opt_state = make_step(model_cfg)
     data = jax.device_put(packed_batch(batch, seq_len, model_cfg.vocab_size))
     start = time.perf_counter()
