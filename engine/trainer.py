@@ -240,5 +240,7 @@ class Trainer:
     progress.close()
     self.manager.wait_until_finished()
     if stopping:
-      self._say(f'{stopping} received; saved step {step} to {self.workdir}/checkpoints/{step}')
+      # Every process says it (the launcher's user sees each one stop at the same step).
+      print(f'{stage.name}: {stopping} received; saved step {step} to '
+            f'{self.workdir}/checkpoints/{step}', flush=True)
     return {'step': step, 'eval_step': eval_step, **(eval_metrics or {})}

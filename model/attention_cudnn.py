@@ -18,7 +18,9 @@ argument; such a batch takes the fused kernel with a document mask instead
 import jax
 import jax.numpy as jnp
 
-MAX_SEGMENTS = 64  # documents per row the packed call takes (a static shape)
+MAX_SEGMENTS = 8  # documents per row the packed call takes (a static shape); 8 measured
+#   fastest on H100 (gpt2_124m 31.0% MFU vs 25.4% with 64; llama_1b 49.9% vs 46.9%); a
+#   batch with a fuller row takes the exact masked fallback
 _FIXED_GQA_OFFSETS = (0, 11, 1)  # first JAX with the GQA key-offset fix
 
 
