@@ -60,11 +60,24 @@ def parse_flags(argv):
          'config keys')
 
 
+def split_tuple_literals(config):
+  """`--config.x='(a, b)'` reaches a tuple key as the one string '(a, b)' (ml_collections
+  parses only quoted elements); split it, so the README's form works for paths and names."""
+  for key, value in config.items():
+    if isinstance(value, config_dict.ConfigDict):
+      split_tuple_literals(value)
+    elif (isinstance(value, tuple) and len(value) == 1 and isinstance(value[0], str)
+          and value[0].startswith('(') and value[0].endswith(')')):
+      parts = [p.strip().strip('\'"') for p in value[0][1:-1].split(',')]
+      config[key] = tuple(p for p in parts if p)
+
+
 def load_config():
   config = CONFIG.value
   if not isinstance(config, config_dict.ConfigDict):
     fail(f'cannot load --config={flags.FLAGS["config"].config_filename!r}; give a file in '
          'configs/ such as configs/tiny.py')
+  split_tuple_literals(config)
   validate(config)
   return config
 
