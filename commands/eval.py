@@ -16,23 +16,43 @@ QUANTIZE = common.define('enum', 'quantize', 'none', ['none', 'int8'],
 CHAT = common.define('bool', 'chat', False, 'Chat metrics (the default on fine-tuned workdirs).')
 
 
-def is_fine_tuned(workdir):
+SCORE_FILE = flags.DEFINE_string('score_file', None, 'Reward workdirs: also score each '
+                                  '{"prompt", "response"} line of this JSONL.')
+
+
+def stage_of(workdir):
   from engine import restore_params
   try:
     directory, step = restore_params.locate(workdir, CHECKPOINT(), STEP())
-    return restore_params.read_meta(directory, step).get('stage') not in (None, 'pretrain')
+    return restore_params.read_meta(directory, step).get('stage') or 'pretrain'
   except Exception:  # the regular path reports what is wrong
-    return False
+    return 'pretrain'
 
 
 def main(config, workdir):
   import jax
-  if CHAT() or is_fine_tuned(workdir):
+  stage = stage_of(workdir)
+  if stage == 'reward':
+    from evaluation import reward_eval
+    summary = reward_eval.run_reward_eval(config, workdir, checkpoint=CHECKPOINT(), step=STEP(),
+                                          eval_files=EVAL_FILES.value,
+                                          batch_size=BATCH_SIZE.value,
+                                          score_file=SCORE_FILE.value)
+    text = reward_eval.format_summary(summary)
+  elif CHAT() or stage != 'pretrain':
     from evaluation import chat_eval
     summary = chat_eval.run_chat_eval(config, workdir, checkpoint=CHECKPOINT(),
-                                      step=STEP(), eval_files=EVAL_FILES.value,
-                                      batch_size=BATCH_SIZE.value)
+                                      step=STEP(), batch_size=BATCH_SIZE.value,
+                                      eval_files=() if stage == 'dpo' else EVAL_FILES.value)
     text = chat_eval.format_summary(summary)
+    if stage == 'dpo':  # --eval_files are preference pairs here
+      from evaluation import reward_eval
+      result = reward_eval.dpo_accuracy(config, workdir, CHECKPOINT(), STEP(), EVAL_FILES.value,
+                                        BATCH_SIZE.value)
+      summary['preference'] = result
+      text += (f'\nimplicit-reward accuracy {result["accuracy"]:.3f} on {result["pairs"]} '
+               'held-out pairs (' + ', '.join(f'{k} {v:.3f}' for k, v in
+                                              result['accuracy_by_kind'].items()) + ')')
   else:
     from evaluation import evaluate
     summary = evaluate.run_eval(

@@ -92,6 +92,17 @@ def get_config():
   sft.eval_prompts = 64  # eval: held-out prompts answered greedily for the task metrics
   sft.max_new_tokens = 64  # eval: longest greedy answer to a held-out prompt
 
+  config.reward = reward = ml_collections.ConfigDict()
+  reward.method = 'full'  # 'full' or 'lora' (rank, alpha, targets from sft.lora_*)
+  reward.center_coef = 0.0  # + coef·(r_chosen + r_rejected)² keeps scores near 0 (TRL: 0.01)
+  reward.use_margin = True  # subtract a pair's "margin" inside the sigmoid (Llama 2)
+
+  config.dpo = dpo = ml_collections.ConfigDict()
+  dpo.method = 'full'  # 'full' (reference = a frozen copy) or 'lora' (reference = base)
+  dpo.beta = 0.1  # strength of the KL anchor to the reference (DPO paper, TRL default)
+  dpo.loss_type = 'sigmoid'  # 'sigmoid' (DPO) or 'ipo'
+  dpo.label_smoothing = 0.0  # conservative DPO: assumed rate of flipped labels (sigmoid)
+
   config.hf = hf = ml_collections.ConfigDict()
   hf.parity_tolerance = 1e-3  # export/import fail above this max |logit difference|
   hf.parity_sequences = 4  # random token sequences the parity check runs

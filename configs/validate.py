@@ -13,6 +13,9 @@ CHOICES = {
     'data.chat_format': ('auto', 'messages', 'prompt_completion', 'alpaca'),
     'sft.method': ('full', 'lora', 'prompt'),
     'sft.truncation': ('truncate', 'drop'),
+    'reward.method': ('full', 'lora'),
+    'dpo.method': ('full', 'lora'),
+    'dpo.loss_type': ('sigmoid', 'ipo'),
 }
 # Pad, unk, BOS, EOS, 4 chat roles, 256 byte pieces, plus room for real merges.
 MIN_VOCAB_SIZE = 8 + 256 + 64
@@ -75,4 +78,7 @@ def validate(config):
     _require(config.sft.num_virtual_tokens < data.seq_len - 1,
              f'sft.num_virtual_tokens={config.sft.num_virtual_tokens} leaves no room in '
              f'data.seq_len={data.seq_len}; use fewer virtual tokens or a longer seq_len')
+  _require(config.dpo.beta > 0, f'dpo.beta={config.dpo.beta} must be > 0')
+  _require(0 <= config.dpo.label_smoothing < 0.5,
+           f'dpo.label_smoothing={config.dpo.label_smoothing} must be in [0, 0.5)')
   _require(config.checkpoint.keep >= 1, f'checkpoint.keep={config.checkpoint.keep} must be >= 1')

@@ -29,6 +29,9 @@ class ModelSpec:
   def apply(self, params, tokens, positions, segment_ids, soft_prompt=None):
     return nnx.merge(self.graphdef, params)(tokens, positions, segment_ids, soft_prompt)
 
+  def hidden_states(self, params, tokens, positions, segment_ids):
+    return nnx.merge(self.graphdef, params).hidden_states(tokens, positions, segment_ids)
+
   def init_params(self, key):
     model = transformer.Transformer(self.cfg, rngs=nnx.Rngs(params=key))
     return nnx.to_pure_dict(nnx.state(model, nnx.Param))

@@ -14,8 +14,22 @@ from data_pipeline.global_batch import batch_sharding
 from engine import lm_loss
 
 
+_IDENTITY = {'min': jnp.inf, 'max': -jnp.inf}
+
+
+def combine(a, b):
+  """Adds aux sums across microbatches; keys ending in _min / _max take the extreme."""
+  out = {}
+  for k in a:
+    kind = k.rsplit('_', 1)[-1]
+    out[k] = (jnp.minimum(a[k], b[k]) if kind == 'min' else
+              jnp.maximum(a[k], b[k]) if kind == 'max' else a[k] + b[k])
+  return out
+
+
 def accumulate(loss_sums, params, frozen, batch, microbatches, mesh):
-  """(gradient of the summed objective, summed aux dict) over `microbatches` slices."""
+  """(gradient of the summed objective, summed aux dict) over `microbatches` slices.
+  Aux keys ending in _min / _max are extremes, not sums (never divided by count)."""
   grad_fn = jax.value_and_grad(loss_sums, has_aux=True)
   if microbatches == 1:
     (_, sums), grads = grad_fn(params, frozen, batch)
@@ -30,13 +44,14 @@ def accumulate(loss_sums, params, frozen, batch, microbatches, mesh):
   def body(carry, micro):
     grads, sums = carry
     (_, msums), mgrads = grad_fn(params, frozen, micro)
-    return (jax.tree.map(jnp.add, grads, mgrads), jax.tree.map(jnp.add, sums, msums)), None
+    return (jax.tree.map(jnp.add, grads, mgrads), combine(sums, msums)), None
 
   micro_batches = jax.tree.map(split, batch)
   first = jax.tree.map(lambda x: x[0], micro_batches)
   sums_shape = jax.eval_shape(lambda: loss_sums(params, frozen, first)[1])
   zeros = jax.tree.map(lambda p: jnp.zeros(p.shape, jnp.float32), params)
-  zero_sums = jax.tree.map(lambda s: jnp.zeros(s.shape, jnp.float32), sums_shape)
+  zero_sums = {k: jnp.full(v.shape, _IDENTITY.get(k.rsplit('_', 1)[-1], 0.0), jnp.float32)
+               for k, v in sums_shape.items()}
   (grads, sums), _ = jax.lax.scan(body, (zeros, zero_sums), micro_batches)
   return grads, sums
 
@@ -53,7 +68,8 @@ def update_fn(loss_sums, tx, schedule, mesh, microbatches):
     grads = jax.tree.map(lambda g: g / denom, grads)
     updates, opt_state = tx.update(grads, state['opt_state'], state['params'])
     params = optax.apply_updates(state['params'], updates)
-    metrics = {k: v / denom for k, v in sums.items() if k != 'count'}
+    metrics = {k: v if k.endswith(('_min', '_max')) else v / denom
+               for k, v in sums.items() if k != 'count'}
     metrics.update(grad_norm=optax.global_norm(grads), lr=schedule(state['step']),
                    tokens=sums['count'])
     return {'step': state['step'] + 1, 'params': params, 'opt_state': opt_state}, metrics

@@ -73,8 +73,11 @@ def answer(spec, params, soft_prompt, tokenizer, records, max_new_tokens, batch_
 
 
 def pretrain_perplexity(meta, checkpoint_dir, batch_size):
-  """Pretraining validation perplexity of this checkpoint, or None without a corpus."""
+  """Pretraining validation perplexity of this checkpoint (first 16 batches), or None
+  without a corpus: a pretrain checkpoint's own workdir, or the one a fine-tune names."""
   base = meta.get('pretrain_workdir')
+  if meta.get('stage') in (None, 'pretrain'):
+    base = os.path.dirname(os.path.dirname(checkpoint_dir))
   if not base or not os.path.isdir(os.path.join(base, 'tfds')):
     return None
   import ml_collections

@@ -184,6 +184,16 @@ class Transformer(nnx.Module):
 
   def __call__(self, tokens, positions, segment_ids, soft_prompt=None):
     """tokens/positions/segment_ids: (B, T) int32 → logits (B, T, vocab)."""
+    x, b, t = self.residual_stream(tokens, positions, segment_ids, soft_prompt)
+    return self.logits(x, b, t)
+
+  def hidden_states(self, tokens, positions, segment_ids, soft_prompt=None):
+    """The final-normed hidden states (B, T, d_model) a scalar head reads (reward, value)."""
+    x, b, t = self.residual_stream(tokens, positions, segment_ids, soft_prompt)
+    return self.final_norm(x).reshape(b, t, self.cfg.d_model)
+
+  def residual_stream(self, tokens, positions, segment_ids, soft_prompt=None):
+    """(x after the last block as (B·T, d_model), B, T)."""
     x, b, t = self.embed_tokens(tokens, positions, soft_prompt)
     kind = attention_lib.resolve_kind(self.cfg.attention, self.cfg.dtype, head_dim(self.cfg))
     mask = attention_lib.self_attention_inputs(segment_ids, kind)  # a mask, or cuDNN's offsets
@@ -194,7 +204,7 @@ class Transformer(nnx.Module):
       else:
         x = nnx.remat(lambda blk, h: blk(h, b, t, rope_cs, mask),
                       policy=REMAT_POLICIES[self.cfg.remat])(block, x)
-    return self.logits(x, b, t)
+    return x, b, t
 
 
 def abstract_model(cfg):

@@ -35,9 +35,11 @@ from engine.trainer import Stage
 from engine.trainer import Trainer
 from evaluation import chat_loss
 from evaluation import lm_validation
-from model import lora
 from model import soft_prompt
 from posttrain import init_from as init_from_lib
+from posttrain.trainable import Trainable
+from posttrain.trainable import base_meta
+from posttrain.trainable import start_model
 
 
 def load_examples(config, tokenizer, files, what, num_virtual):
@@ -53,21 +55,10 @@ class SftStage(Stage):
 
   def __init__(self, config, workdir, init_from):
     self.config, self.workdir = config, workdir
-    self.init = init = init_from_lib.resolve(init_from)
-    init_from_lib.check_matches(init, config, workdir)
-    self.tokenizer = tokenizer = init.tokenizer
-    if '<|end_of_turn|>' not in tokenizer.sp.id_to_piece(tokenizer.chat_ids['<|end_of_turn|>']):
-      raise UserError('the tokenizer of --init_from has no chat control tokens; train one with '
-                      '`python run.py tokenizer` (they are reserved there)')
     self.method, sft = config.sft.method, config.sft
-    self.mesh = mesh_lib.make_mesh(config.mesh)
-    mesh_lib.check_divisible(config, self.mesh)
-    self.spec = spec = train_state.ModelSpec(config.model, self.mesh)
-    base_params, base_prompt = restore_params.model_params(init.directory, init.step,
-                                                           init.meta, spec)
-    if base_prompt is not None:
-      raise UserError('--init_from is a prompt-tuned checkpoint; start from its base or from a '
-                      'full or LoRA fine-tune')
+    self.init, self.mesh, self.spec, base_params = start_model(config, workdir, init_from, 'sft')
+    init = self.init
+    self.tokenizer = tokenizer = init.tokenizer
     num_virtual = sft.num_virtual_tokens if self.method == 'prompt' else 0
     train_files = embedded.chat_train_files(config)
     self.train_examples, self.train_stats = load_examples(
@@ -81,13 +72,13 @@ class SftStage(Stage):
     row_block, num_blocks = process_row_block(self.mesh, config.train.batch_size)
     self.data_iter = sft_loader.train_dataset(config, self.train_examples, row_block, num_blocks)
     self.meta = dict(checkpointing.metadata(config, tokenizer, self.mesh), stage='sft',
-                     method=self.method, base={'directory': init.directory, 'step': init.step},
+                     method=self.method, base=base_meta(init),
                      data={'train_files': list(train_files), **self.train_stats},
                      pretrain_workdir=self._pretrain_workdir())
-    if self.method != 'full':
-      self.meta.update(adapter=self.method, lora={
-          'rank': sft.lora_rank, 'scale': sft.lora_alpha / sft.lora_rank,
-          'targets': list(sft.lora_targets)}, prompt={
+    if self.method == 'lora':
+      self.meta.update(self.trainable.meta)
+    elif self.method == 'prompt':
+      self.meta.update(adapter='prompt', prompt={
           'num_virtual': sft.num_virtual_tokens, 'reparam_hidden': sft.prompt_reparam_hidden})
     self.loss_sums = lm_loss.next_token_loss(self.apply, 0.0)
     self.tokens_per_step = config.train.batch_size * config.data.seq_len
@@ -98,28 +89,22 @@ class SftStage(Stage):
 
   def _setup_method(self, base_params):
     spec, sft = self.spec, self.config.sft
-    if self.method == 'full':
-      self.param_shardings, self.init_params = spec.param_shardings, spec.init_params
-      self._start = base_params
+    if self.method != 'prompt':
+      self.trainable = t = Trainable(self.method, spec, base_params, sft)
+      self.param_shardings, self.init_params = t.param_shardings, t.init_params
+      self.frozen, self.frozen_shardings, self._start = t.frozen, t.frozen_shardings, t.start
       return
     self.frozen, self.frozen_shardings = base_params, spec.param_shardings
     abstract = jax.eval_shape(lambda: base_params)
-    if self.method == 'lora':
-      targets = tuple(sft.lora_targets)
-      lora.check_rank(abstract, targets, sft.lora_rank)
-      self.init_params = lambda key: lora.init_adapters(key, abstract, targets, sft.lora_rank)
-      self.param_shardings = restore_params.adapter_shardings(spec, targets)
-      self._start = None
-    else:
-      make = lambda key, table: soft_prompt.init(  # noqa: E731
-          key, table, sft.num_virtual_tokens, sft.prompt_reparam_hidden)
-      self.init_params = lambda key: make(key, jax.numpy.zeros(abstract['embed'].shape))
-      replicated = NamedSharding(self.mesh, PartitionSpec())
-      self.param_shardings = jax.tree.map(lambda _: replicated,
-                                          jax.eval_shape(self.init_params, jax.random.key(0)))
-      # Real-token initialisation needs the embedding values: computed once, outside jit.
-      self._start = jax.device_put(make(jax.random.key(self.config.seed), base_params['embed']),
-                                   self.param_shardings)
+    make = lambda key, table: soft_prompt.init(  # noqa: E731
+        key, table, sft.num_virtual_tokens, sft.prompt_reparam_hidden)
+    self.init_params = lambda key: make(key, jax.numpy.zeros(abstract['embed'].shape))
+    replicated = NamedSharding(self.mesh, PartitionSpec())
+    self.param_shardings = jax.tree.map(lambda _: replicated,
+                                        jax.eval_shape(self.init_params, jax.random.key(0)))
+    # Real-token initialisation needs the embedding values: computed once, outside jit.
+    self._start = jax.device_put(make(jax.random.key(self.config.seed), base_params['embed']),
+                                 self.param_shardings)
 
   def _pretrain_workdir(self):
     """The workdir whose corpus measures forgetting: P's own, or the one P names."""
@@ -130,13 +115,10 @@ class SftStage(Stage):
   def apply(self, params, frozen, batch):
     """Logits of the model as this method trains it."""
     prompt = None
-    if self.method == 'full':
-      model_params = params
-    elif self.method == 'lora':
-      model_params = lora.merge(frozen, params, self.config.sft.lora_alpha
-                                / self.config.sft.lora_rank)
-    else:
+    if self.method == 'prompt':
       model_params, prompt = frozen, soft_prompt.embeddings(params)
+    else:
+      model_params = self.trainable.model_params(params, frozen)
     return self.spec.apply(model_params, batch['inputs'], batch['positions'],
                            batch['segment_ids'], prompt)
 
@@ -163,17 +145,20 @@ class SftStage(Stage):
         self.config.train.eval_batches)
 
   def model_params(self, params):
-    if self.method == 'full':
-      return params
-    if self.method == 'lora':
-      return lora.merge(self.frozen, params, self.config.sft.lora_alpha / self.config.sft.lora_rank)
-    return self.frozen
+    if self.method == 'prompt':
+      return self.frozen
+    return self.trainable.model_params(params, self.frozen)
 
   def check_compatible(self, meta):
     checkpointing.check_compatible(meta, self.config, self.tokenizer)
     if meta.get('method') != self.method:
       raise UserError(f'sft.method={self.method} but the checkpoints in this workdir were '
                       f'trained with {meta.get("method")}; use a new workdir or --noresume')
+    if self.method != 'full' and meta.get('base', {}).get('fingerprint') != self.meta['base'][
+        'fingerprint']:
+      raise UserError(f'the checkpoints in this workdir adapt {meta["base"]["directory"]}/'
+                      f'{meta["base"]["step"]}, not --init_from; resume with that --init_from '
+                      'or use a new workdir')
 
   def evaluate(self, params):
     metrics = chat_loss.assistant_loss(self._eval_fn, params, self.frozen, self.eval_examples,

@@ -1,0 +1,152 @@
+"""`run.py eval` on reward and DPO workdirs: preference accuracy, and scores of any
+prompt/response JSONL under a reward model (to see what it rewards: reward models
+are known to reward surface features that a policy then learns to exploit)."""
+import json
+import os
+
+import jax
+import ml_collections
+import numpy as np
+
+from configs.errors import UserError
+from data_pipeline import chat_template
+from data_pipeline import preference
+from data_pipeline import preference_embedded
+from data_pipeline import tokenizer as tokenizer_lib
+from engine import mesh as mesh_lib
+from engine import restore_params
+from engine import train_state
+from engine.train_step import with_mesh
+from evaluation import pair_scores
+from model import lora
+
+
+def _spec_and_meta(workdir, config, checkpoint, step):
+  directory, step = restore_params.locate(workdir, checkpoint, step)
+  meta = restore_params.read_meta(directory, step)
+  saved = ml_collections.ConfigDict(meta['config'])
+  tokenizer = tokenizer_lib.load_tokenizer(
+      tokenizer_lib.tokenizer_path(workdir, config.tokenizer), saved.model.vocab_size)
+  spec = train_state.ModelSpec(saved.model, mesh_lib.make_mesh(config.mesh))
+  return directory, step, meta, saved, tokenizer, spec
+
+
+def load_reward_model(workdir, config, checkpoint=None, step=None):
+  """(spec, {'lm': model params, 'head': head}, tokenizer, saved config, step, meta)."""
+  from model import scalar_head
+  from posttrain import reward  # noqa: F401  (the layout of reward checkpoints)
+  directory, step, meta, saved, tokenizer, spec = _spec_and_meta(workdir, config, checkpoint,
+                                                                 step)
+  state_dir = os.path.join(directory, str(step), 'state')
+  head_abstract = jax.eval_shape(lambda: scalar_head.init(saved.model.d_model))
+  head_shardings = reward.head_shardings(spec.mesh)
+  if meta.get('adapter') == 'lora':
+    base = meta['base']
+    base_params, _ = restore_params.model_params(
+        base['directory'], base['step'], restore_params.read_meta(base['directory'],
+                                                                  base['step']), spec)
+    targets = tuple(meta['lora']['targets'])
+    abstract = {'lm': jax.eval_shape(lambda: lora.init_adapters(
+        jax.random.key(0), base_params, targets, meta['lora']['rank'])), 'head': head_abstract}
+    shardings = {'lm': restore_params.adapter_shardings(spec, targets), 'head': head_shardings}
+    restored = restore_params.restore_tree(state_dir, abstract, shardings)
+    lm = lora.merge(base_params, restored['lm'], meta['lora']['scale'])
+  else:
+    abstract = {'lm': jax.eval_shape(spec.init_params, jax.random.key(0)),
+                'head': head_abstract}
+    shardings = {'lm': spec.param_shardings, 'head': head_shardings}
+    restored = restore_params.restore_tree(state_dir, abstract, shardings)
+    lm = restored['lm']
+  return spec, {'lm': lm, 'head': restored['head']}, tokenizer, saved, step, meta
+
+
+def eval_pairs(eval_files, tokenizer, seq_len):
+  pairs = (preference.read_pairs(eval_files) if eval_files
+           else preference_embedded.validation_pairs())
+  examples, stats = preference.tokenize_pairs(pairs, tokenizer, seq_len)
+  preference.check_not_empty(examples, stats, 'the held-out pairs')
+  return examples, stats
+
+
+def run_reward_eval(config, workdir, *, checkpoint=None, step=None, eval_files=(),
+                    batch_size=8, score_file=None):
+  from posttrain import reward
+  spec, params, tokenizer, saved, step, meta = load_reward_model(workdir, config, checkpoint,
+                                                                 step)
+  score_fn = with_mesh(spec.mesh, jax.jit(reward.pair_scores_fn(spec, lambda lm, _: lm),
+                                          out_shardings=pair_scores.replicated_out(spec.mesh)))
+  rows = batch_size * spec.mesh.shape['data'] * spec.mesh.shape['fsdp']
+  examples, stats = eval_pairs(eval_files, tokenizer, saved.data.seq_len)
+  scores, kinds = pair_scores.score_pairs(score_fn, params, {}, examples, rows, spec.mesh)
+  summary = {'stage': 'reward', 'step': step, **pair_scores.accuracy(scores, kinds,
+                                                                    stats['kinds']),
+             'reward_mean': float(scores.mean()), 'reward_std': float(scores.std())}
+  if score_file:
+    summary['scores'] = score_responses(score_fn, params, spec, tokenizer, score_file,
+                                        saved.data.seq_len, rows)
+  return summary
+
+
+def score_responses(score_fn, params, spec, tokenizer, path, seq_len, rows):
+  """Scores of each {"prompt", "response"} (strings or messages) or {"messages"} line."""
+  if not os.path.isfile(path):
+    raise UserError(f'--score_file={path} does not exist; give a JSONL file of '
+                    '{"prompt", "response"} lines')
+  examples = []
+  with open(path, encoding='utf-8') as f:
+    for number, line in enumerate(f, 1):
+      if not line.strip():
+        continue
+      where = f'{path}:{number}'
+      try:
+        record = json.loads(line)
+      except json.JSONDecodeError as e:
+        raise UserError(f'{where} is not valid JSON ({e.msg})') from None
+      if 'messages' in record:
+        messages = record['messages']
+        prompt, response = messages[:-1], messages[-1:]
+      elif 'prompt' in record and 'response' in record:
+        prompt = preference._messages(record['prompt'], 'user', where)
+        response = preference._messages(record['response'], 'assistant', where)
+      else:
+        raise UserError(f'{where} needs "prompt" and "response" (or "messages")')
+      chat_template.check_messages(prompt + response, where)
+      ids, mask, _ = preference.response_ids(tokenizer, prompt, response)
+      row = preference._row(ids, mask, seq_len)
+      # Score it as the "chosen" of a pair whose "rejected" is empty padding.
+      examples.append({k: np.stack([v, np.zeros_like(v)]) for k, v in row.items()}
+                      | {'kind': np.zeros(2, np.int32), 'margin': np.zeros(2, np.float32)})
+  scores, _ = pair_scores.score_pairs(score_fn, params, {}, examples, rows, spec.mesh)
+  return [float(s) for s in scores[:, 0]]
+
+
+def dpo_accuracy(config, workdir, checkpoint=None, step=None, eval_files=(), batch_size=8):
+  """Held-out accuracy of a DPO policy's implicit reward β·(log π − log π_ref)."""
+  from posttrain import dpo
+  directory, step, meta, saved, tokenizer, spec = _spec_and_meta(workdir, config, checkpoint,
+                                                                 step)
+  policy, _ = restore_params.model_params(directory, step, meta, spec)
+  base = meta['base']
+  reference, _ = restore_params.model_params(
+      base['directory'], base['step'], restore_params.read_meta(base['directory'],
+                                                                base['step']), spec)
+  beta = saved.dpo.beta
+
+  def implicit(params, frozen, batch):
+    return beta * (dpo.sequence_logps(spec, params, batch)
+                   - dpo.sequence_logps(spec, frozen, batch))
+  score_fn = with_mesh(spec.mesh, jax.jit(implicit,
+                                          out_shardings=pair_scores.replicated_out(spec.mesh)))
+  rows = batch_size * spec.mesh.shape['data'] * spec.mesh.shape['fsdp']
+  examples, stats = eval_pairs(eval_files, tokenizer, saved.data.seq_len)
+  scores, kinds = pair_scores.score_pairs(score_fn, policy, reference, examples, rows, spec.mesh)
+  return pair_scores.accuracy(scores, kinds, stats['kinds'])
+
+
+def format_summary(summary):
+  lines = [f'reward step {summary["step"]}: held-out accuracy {summary["accuracy"]:.3f} over '
+           f'{summary["pairs"]} pairs, mean margin {summary["margin"]:.3f}']
+  lines += [f'  {kind:<12} {acc:.3f}' for kind, acc in summary['accuracy_by_kind'].items()]
+  if 'scores' in summary:
+    lines.append('scores: ' + ' '.join(f'{s:.3f}' for s in summary['scores']))
+  return '\n'.join(lines)
