@@ -61,6 +61,14 @@ def restore_params_only(state_dir, spec):
                       spec.param_shardings)
 
 
+def fingerprint(directory, step):
+  """Identifies one saved checkpoint (its metadata holds the save time and config), so an
+  adapter checkpoint notices when its base was replaced by another run's step."""
+  import hashlib
+  with open(os.path.join(directory, str(step), 'meta', 'metadata'), 'rb') as f:
+    return hashlib.sha256(f.read()).hexdigest()[:16]
+
+
 def model_params(directory, step, meta, spec):
   """(params the model runs with, soft prompt or None) of any stage's checkpoint.
 
@@ -76,6 +84,9 @@ def model_params(directory, step, meta, spec):
   if not os.path.isdir(os.path.join(base['directory'], str(base['step']))):
     raise UserError(f'the base checkpoint {base["directory"]}/{base["step"]} of this '
                     f'{adapter} checkpoint is gone; restore it or fine-tune again')
+  if base.get('fingerprint') not in (None, fingerprint(base['directory'], base['step'])):
+    raise UserError(f'the base checkpoint {base["directory"]}/{base["step"]} of this {adapter} '
+                    'checkpoint was replaced by another run; restore the original base')
   base_params, base_prompt = model_params(base['directory'], base['step'],
                                           read_meta(base['directory'], base['step']), spec)
   if adapter == 'lora':

@@ -1,4 +1,4 @@
-"""`run.py pretrain --verify_resume`: proves exact resume on this machine.
+"""`run.py pretrain|sft --verify_resume`: proves exact resume on this machine.
 
 Runs the same config three times in fresh processes, in WORKDIR/verify_resume/:
 `straight` trains N steps; `resumed` stops after step k = N // 2 (with a
@@ -37,24 +37,27 @@ def _params(workdir, step):
   return checkpointer.restore(os.path.join(workdir, 'checkpoints', str(step), 'state'))['params']
 
 
-def _run(args, label):
-  result = subprocess.run([sys.executable, os.path.join(REPO, 'run.py'), 'pretrain', *args],
+def _run(command, args, label):
+  result = subprocess.run([sys.executable, os.path.join(REPO, 'run.py'), command, *args],
                           capture_output=True, text=True)
   if result.returncode != 0:
     tail = result.stderr.strip().splitlines()[-1:] or ['(no output)']
     raise UserError(f'verify_resume: the {label} run failed: {tail[0]}')
 
 
-def verify(config, workdir, passthrough_args):
+def verify(config, workdir, passthrough_args, command='pretrain'):
   steps = config.train.steps
   if steps < 2:
     raise UserError('--verify_resume needs train.steps >= 2; set a small number like 20')
   k = steps // 2
   base = os.path.join(workdir, 'verify_resume')
   shutil.rmtree(base, ignore_errors=True)  # a stale run must never be compared
-  shared = [f'--config.tokenizer.path={tokenizer_lib.tokenizer_path(workdir, config.tokenizer)}',
-            f'--config.data.tfds_data_dir={tfds_corpus.tfds_dir(config, workdir)}',
-            '--config.train.log_every=1', '--config.checkpoint.save_every_steps=0',
+  # Pretraining reads the workdir's tokenizer and data; a fine-tuning stage reads
+  # --init_from's (passed through).
+  data = ([f'--config.tokenizer.path={tokenizer_lib.tokenizer_path(workdir, config.tokenizer)}',
+           f'--config.data.tfds_data_dir={tfds_corpus.tfds_dir(config, workdir)}']
+          if command == 'pretrain' else [])
+  shared = [*data, '--config.train.log_every=1', '--config.checkpoint.save_every_steps=0',
             '--config.checkpoint.save_every_minutes=0', '--config.train.eval_every=0',
             '--config.checkpoint.keep=10', '--noresume']
   args = [a for a in passthrough_args if not a.startswith(('--workdir', '--verify_resume',
@@ -62,9 +65,10 @@ def verify(config, workdir, passthrough_args):
   straight, resumed = os.path.join(base, 'straight'), os.path.join(base, 'resumed')
   for path in (straight, resumed):
     os.makedirs(path, exist_ok=True)
-  _run([*args, *shared, f'--workdir={straight}'], 'uninterrupted')
-  _run([*args, *shared, f'--workdir={resumed}', f'--config.train.stop_after={k}'], 'first half')
-  _run([*args, *shared[:-1], '--resume', f'--workdir={resumed}'], 'resumed')
+  _run(command, [*args, *shared, f'--workdir={straight}'], 'uninterrupted')
+  _run(command, [*args, *shared, f'--workdir={resumed}', f'--config.train.stop_after={k}'],
+       'first half')
+  _run(command, [*args, *shared[:-1], '--resume', f'--workdir={resumed}'], 'resumed')
   a, b = _losses(straight), _losses(resumed)
   for step in range(k + 1, steps + 1):
     if a.get(step) != b.get(step):
