@@ -102,6 +102,29 @@ def initialize_distributed():
                          heartbeat_timeout_seconds=HEARTBEAT_TIMEOUT.value)
 
 
+def check_workdir(workdir, writes=True):
+  """A workdir that is a file, or one a training run cannot write in, is one line at
+  start instead of a traceback later. Commands that only read it (eval, generate,
+  export) accept a read-only one."""
+  from engine import storage
+  if os.path.exists(workdir) and not os.path.isdir(workdir):
+    raise UserError(f'--workdir={workdir} is a file, not a directory; give a directory path')
+  if not writes:
+    return
+  if os.path.isdir(workdir):
+    storage.require_writable_dir(workdir)
+    return
+  parent = os.path.dirname(workdir)
+  while not os.path.exists(parent):
+    parent = os.path.dirname(parent)
+  if not os.path.isdir(parent):
+    raise UserError(f'cannot create --workdir={workdir}: {parent} is a file, not a directory; '
+                    'give another path')
+  if not os.access(parent, os.W_OK):
+    raise UserError(f'cannot create --workdir={workdir}: {parent} is not writable (read-only '
+                    'or permissions); give another path')
+
+
 def run(module, argv):
   """Validates the config and workdir, starts JAX's distributed runtime and calls
   the command's main; a UserError anywhere is one `error:` line and exit 2."""
@@ -116,9 +139,16 @@ def run(module, argv):
       if not WORKDIR.value:
         raise UserError('--workdir is required; give a directory for this run\'s outputs')
       workdir = os.path.abspath(WORKDIR.value)
+      check_workdir(workdir, writes=not getattr(module, 'READS_WORKDIR_ONLY', False))
     initialize_distributed()
     return module.main(config, workdir)
   except UserError as e:
+    from engine import storage
+    if isinstance(e, storage.StorageError):
+      # Orbax's threads may still wait on the failed storage; exit without joining them
+      print(f'error: {e}', file=sys.stderr, flush=True)
+      sys.stdout.flush()
+      os._exit(2)
     fail(str(e))
 
 

@@ -4,6 +4,8 @@ from absl import flags
 
 from commands import common
 
+READS_WORKDIR_ONLY = True  # a read-only workdir is fine
+
 CHECKPOINT, STEP = common.checkpoint_flags()
 EVAL_FILES = flags.DEFINE_list('eval_files', [], 'Text/JSONL files (chat JSONL for chat '
                                'metrics), each reported separately (default: the held-out split).')

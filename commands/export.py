@@ -3,6 +3,8 @@ from absl import flags
 
 from commands import common
 
+READS_WORKDIR_ONLY = True  # a read-only workdir is fine
+
 CHECKPOINT, STEP = common.checkpoint_flags()
 OUT = flags.DEFINE_string('out', None, 'The Hugging Face directory to write.')
 OVERWRITE = flags.DEFINE_bool('overwrite', False, 'Replace a non-empty --out.')

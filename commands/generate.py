@@ -3,6 +3,8 @@ from absl import flags
 
 from commands import common
 
+READS_WORKDIR_ONLY = True  # a read-only workdir is fine
+
 CHECKPOINT, STEP = common.checkpoint_flags()
 PROMPT = flags.DEFINE_multi_string('prompt', [], 'A prompt (repeat for a batch).')
 MAX_NEW_TOKENS = flags.DEFINE_integer('max_new_tokens', 64, 'Tokens to sample.')

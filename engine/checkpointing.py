@@ -45,6 +45,11 @@ def make_manager(workdir, ckpt_cfg):
       max_to_keep=ckpt_cfg.keep,
       keep_period=ckpt_cfg.keep_period or None,
       enable_async_checkpointing=ckpt_cfg.async_save,
+      # Step directories made in the caller's thread: a read-only or full disk fails
+      # there at once (made in the background, the caller waited out a 5-minute
+      # signal timeout), and every wait on the storage is bounded by timeout_s.
+      async_options=ocp.AsyncOptions(timeout_secs=int(ckpt_cfg.get('timeout_s', 600)),
+                                     create_directories_asynchronously=False),
       create=True)
   return ocp.CheckpointManager(os.path.join(workdir, 'checkpoints'), options=options,
                                item_names=('state', 'data', 'meta'))

@@ -6,7 +6,9 @@ from the latest complete checkpoint (an unreadable one is set aside and the one
 before is used), SIGTERM/SIGINT agreed by all processes (finish the step, save,
 exit 0), `train.stop_after`, a stop on a non-finite loss, progress bar,
 metrics.jsonl + TensorBoard with tokens/s and MFU, and Orbax checkpoints with
-the data iterator's state and the stage's metadata.
+the data iterator's state, the stage's metadata and per-array fingerprints
+(checked on restore). One run per workdir (WORKDIR/.lock); a checkpoint save
+that fails stops training at once with one line (engine/storage.py).
 """
 import math
 import os
@@ -24,9 +26,12 @@ from configs.errors import UserError
 from data_pipeline.global_batch import make_global_batch
 from engine import checkpointing
 from engine import flops
+from engine import integrity
+from engine import storage
 from engine import train_state
 from engine import train_step
 from engine.metrics import MetricsWriter
+from engine.workdir_lock import WorkdirLock
 
 
 class Stage:
@@ -65,18 +70,27 @@ class StopRequest:
     self.signal = signal.Signals(signum).name
 
 
-def agree(local_signal, local_due_by_time):
+def agree(local_signal, local_due_by_time, local_failure=None):
   """(signal, due_by_time) as every process will act on them.
 
   One allgather per step when there are several processes: a signal or a
   clock-based save seen by one process is acted on by all at the same step, so
-  no process enters a collective save (or leaves the loop) alone.
+  no process enters a collective save (or leaves the loop) alone. A failed
+  checkpoint write (`local_failure`, an exception) seen by any process is raised
+  by all of them at this step.
   """
   if jax.process_count() == 1:
+    if local_failure is not None:
+      raise local_failure
     return local_signal, local_due_by_time
   flags = multihost_utils.process_allgather(
-      np.asarray([int(local_signal is not None), int(bool(local_due_by_time))]))
-  flags = np.asarray(flags).reshape(-1, 2)
+      np.asarray([int(local_signal is not None), int(bool(local_due_by_time)),
+                  int(local_failure is not None)]))
+  flags = np.asarray(flags).reshape(-1, 3)
+  if flags[:, 2].any():
+    raise local_failure or storage.StorageError(
+        'a checkpoint save failed on another process (its error line names the path and the '
+        'cause); training stopped; the checkpoints before it are intact')
   signal_name = (local_signal or 'SIGTERM (on another process)') if flags[:, 0].any() else None
   return signal_name, bool(flags[:, 1].any())
 
@@ -87,9 +101,32 @@ class Trainer:
     self.stage = stage
     self.config, self.workdir = stage.config, stage.workdir
     self.is_primary = jax.process_index() == 0
+    self.checkpoints = os.path.join(self.workdir, 'checkpoints')
+    storage.install_quiet_hooks()
+    storage.require_writable_dir(self.workdir)
+    self.lock = None
+    self._take_lock()
     self.manager = checkpointing.make_manager(self.workdir, self.config.checkpoint)
+    self._pending_save = None  # the step of an async save not yet known to be complete
     self.state, self.shardings = self._restore_or_init(resume)
+    self.start_step = int(jax.device_get(self.state['step']))
     self.progress = self.writer = None
+
+  def _take_lock(self):
+    """Process 0 holds WORKDIR/.lock; every process learns whether it got it."""
+    error = None
+    if self.is_primary:
+      try:
+        self.lock = WorkdirLock(self.workdir, self.stage.name)
+      except UserError as e:
+        error = e
+    if jax.process_count() > 1:
+      taken = multihost_utils.process_allgather(np.asarray(int(error is None)))
+      if error is None and not np.asarray(taken).all():
+        error = UserError(f'{self.workdir} is in use by another run (see process 0\'s error '
+                          'line); wait for it to finish or use another --workdir')
+    if error is not None:
+      raise error
 
   def _say(self, message):
     if self.is_primary:
@@ -101,9 +138,18 @@ class Trainer:
       for step in self.manager.all_steps():
         self._say(f'--noresume: set aside checkpoint {step} as '
                   f'{self._set_aside(step, "before-noresume")}')
+      metrics = os.path.join(self.workdir, 'metrics.jsonl')
+      if self.is_primary and os.path.isfile(metrics):  # the older run's curves, kept apart
+        os.replace(metrics, f'{metrics}.before-noresume-{int(time.time())}')
     for step in steps:  # newest first; an unreadable one falls back to the one before
       try:
         restored = self._restore(step)
+      except integrity.DamagedCheckpoint as e:
+        logging.warning('checkpoint %d: %s', step, e)
+        self._say(f'warning: checkpoint {step} is damaged (its arrays differ from the '
+                  f'fingerprints saved with it); set aside as '
+                  f'{self._set_aside(step, "damaged")}; trying the previous one')
+        continue
       except UserError:
         raise
       except Exception as e:  # Orbax/TensorStore raise many types for damaged files
@@ -129,6 +175,7 @@ class Trainer:
         meta=checkpointing.ocp.args.JsonRestore()))['meta']
     stage.check_compatible(meta)
     state, data_state, _ = checkpointing.restore(self.manager, step, abstract)
+    integrity.verify(state, meta.get('integrity'), f'checkpoint {step}')
     wanted = set(stage.data_iter.get_state()['shards'])
     if data_state is not None and wanted <= set(data_state.get('shards', {})):
       stage.data_iter.set_state({'shards': {s: data_state['shards'][s] for s in wanted}})
@@ -150,21 +197,79 @@ class Trainer:
     return target
 
   def save(self, step, force=False):
+    """Starts saving `step` (async when checkpoint.async_save); a write that fails here
+    or in the background raises StorageError (see `save_failure`)."""
+    failure = self.save_failure(block=True)
+    if failure is not None:
+      raise failure
+    latest = self.manager.latest_step()
+    try:
+      storage.probe_write(self.checkpoints)
+      storage.check_free_space(self.checkpoints, latest is not None
+                               and os.path.join(self.checkpoints, str(latest)))
+    except OSError as e:
+      raise storage.save_failed(step, self.checkpoints, e) from None
     if step in self.manager.all_steps():  # e.g. --noresume over an older run's steps
-      self.manager.wait_until_finished()
       self._set_aside(step, 'replaced')
-    checkpointing.save(self.manager, step, self.state, self.stage.data_iter.get_state(),
-                       dict(self.stage.meta, wall_time=time.time()), force=force)
+    meta = dict(self.stage.meta, wall_time=time.time(),
+                integrity=integrity.fingerprint(self.state))
+    try:
+      checkpointing.save(self.manager, step, self.state, self.stage.data_iter.get_state(),
+                         meta, force=force)
+    except Exception as e:  # Orbax/TensorStore: many types, the OS cause in the text
+      raise storage.save_failed(step, self.checkpoints, e) from None
+    self._pending_save = step
+
+  def save_failure(self, block=False):
+    """The StorageError of the last save if it failed, else None. Without `block`,
+    a save still being written counts as fine for now; with it, waits at most
+    checkpoint.timeout_s."""
+    step = self._pending_save
+    if step is None or (not block and self.manager.is_saving_in_progress()):
+      return None
+    self._pending_save = None
+    timeout = self.config.checkpoint.get('timeout_s', 600)
+    deadline = time.monotonic() + timeout
+    while self.manager.is_saving_in_progress():
+      if time.monotonic() > deadline:
+        return storage.StorageError(
+            f'checkpoint {step} was not written to {self.checkpoints} within '
+            f'checkpoint.timeout_s={timeout} s: the storage is hung or too slow; check it, or '
+            'raise checkpoint.timeout_s')
+      time.sleep(0.05)
+    try:
+      self.manager.wait_until_finished()
+      self.manager.check_for_errors()
+    except Exception as e:  # pylint: disable=broad-except
+      return storage.save_failed(step, self.checkpoints, e)
+    return None
 
   def run(self):
     try:
-      return self._loop()
-    finally:  # on errors too: finish pending saves, and leave the error line last
-      self.manager.wait_until_finished()
+      result = self._loop()
+    except BaseException:
+      self._close(quiet=True)  # finish a pending save, but report the error on its way
+      raise
+    self._close()
+    return result
+
+  def _close(self, quiet=False):
+    try:
+      failure = self.save_failure(block=True)
+      if failure is not None:
+        storage.quiet_after_failure()
+        if not quiet:
+          raise failure
+    except Exception:  # pylint: disable=broad-except
+      if not quiet:
+        raise
+    finally:
       if self.progress is not None:
         self.progress.close()
       if self.writer is not None:
         self.writer.close()
+      if self.lock is not None:
+        self.lock.release()
 
   def _evaluate(self, step, writer):
     metrics = self.stage.evaluate(self.state['params'])
@@ -176,11 +281,12 @@ class Trainer:
     stage, config, train_cfg = self.stage, self.config, self.config.train
     step_fn = train_step.make_step(stage.loss_sums, stage.tx, stage.schedule, self.shardings,
                                    stage.mesh, train_cfg.microbatches, stage.frozen_shardings)
-    writer = self.writer = MetricsWriter(self.workdir, enabled=self.is_primary)
+    writer = self.writer = MetricsWriter(self.workdir, enabled=self.is_primary,
+                                         start_step=self.start_step)
     peak = train_cfg.peak_tflops * 1e12 or flops.measure_matmul_peak()
     devices = jax.device_count()
     stop = StopRequest()
-    start = int(jax.device_get(self.state['step']))
+    start = self.start_step
     last_save_time = time.time()
     progress = self.progress = tqdm(
         total=train_cfg.steps, initial=start, disable=not self.is_primary, desc=stage.name,
@@ -230,15 +336,22 @@ class Trainer:
       due_by_time = (cfg_ckpt.save_every_minutes
                      and time.time() - last_save_time >= 60 * cfg_ckpt.save_every_minutes)
       stop_here = train_cfg.stop_after and step == train_cfg.stop_after
-      # Decide once, together; a signal arriving later is seen at the next step.
-      stopping, due_by_time = agree(stop.signal, due_by_time)
+      # Decide once, together; a signal arriving later is seen at the next step. A save
+      # that failed in the background stops everyone here, before more training.
+      failure = self.save_failure()
+      if failure is not None:
+        storage.quiet_after_failure()
+      stopping, due_by_time = agree(stop.signal, due_by_time, failure)
       if due_by_steps or due_by_time or step == train_cfg.steps or stopping or stop_here:
         self.save(step, force=True)
         last_save_time = time.time()
       if stopping or stop_here:
         break
     progress.close()
-    self.manager.wait_until_finished()
+    failure = self.save_failure(block=True)
+    if failure is not None:
+      storage.quiet_after_failure()
+      raise failure
     if stopping:
       # Every process says it (the launcher's user sees each one stop at the same step).
       print(f'{stage.name}: {stopping} received; saved step {step} to '

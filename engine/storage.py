@@ -1,0 +1,172 @@
+"""Storage faults as one line: a workdir that is not a writable directory, and a
+checkpoint write that fails (full disk, read-only, permissions, I/O error) or
+does not finish in time.
+
+Orbax and TensorStore report a failed write as many exception types, often
+wrapped, with the OS cause only in the text; `cause` finds it.
+"""
+import errno
+import logging as std_logging
+import os
+import re
+import socket
+import sys
+import threading
+
+from configs.errors import UserError
+
+# errno → (what happened, what to do).
+_CAUSES = {
+    errno.ENOSPC: ('no space left on the device', 'free space or use a workdir on a larger disk'),
+    errno.EDQUOT: ('the disk quota is exceeded', 'free space or raise the quota'),
+    errno.EFBIG: ('a file exceeds the size limit of this file system or process',
+                  'raise the limit (ulimit -f) or use another disk'),
+    errno.EROFS: ('the file system is read-only', 'remount it read-write or use another '
+                  'workdir'),
+    errno.EACCES: ('permission denied', 'fix the directory\'s permissions or use another '
+                   'workdir'),
+    errno.EPERM: ('operation not permitted', 'fix the directory\'s permissions or use another '
+                  'workdir'),
+    errno.EIO: ('an I/O error from the device', 'check the disk (dmesg) or use another one'),
+    errno.ENOTDIR: ('a path component is a file, not a directory', 'remove that file or use '
+                    'another workdir'),
+    errno.ENOENT: ('the directory disappeared while writing', 'check what deletes it (a '
+                   'cleanup job, an unmounted volume) and run again'),
+}
+_TEXT = ((re.compile(r'no space left|resource_exhausted.*space|errno[ =]+28', re.I), errno.ENOSPC),
+         (re.compile(r'read-only file system|errno[ =]+30', re.I), errno.EROFS),
+         (re.compile(r'permission denied|errno[ =]+13', re.I), errno.EACCES),
+         (re.compile(r'quota exceeded|errno[ =]+122', re.I), errno.EDQUOT),
+         (re.compile(r'file too large|errno[ =]+27', re.I), errno.EFBIG),
+         (re.compile(r'input/output error|errno[ =]+5\b', re.I), errno.EIO),
+         (re.compile(r'not a directory|errno[ =]+20', re.I), errno.ENOTDIR))
+
+
+class StorageError(UserError):
+  """A write to the workdir failed; the message names the path, the cause and the fix."""
+
+
+def cause(exc):
+  """(what happened, what to do) for an exception from a write, or None."""
+  seen = set()
+  while exc is not None and id(exc) not in seen:
+    seen.add(id(exc))
+    if isinstance(exc, OSError) and exc.errno in _CAUSES:
+      happened, fix = _CAUSES[exc.errno]
+      if exc.strerror and exc.strerror != os.strerror(exc.errno):  # our own detail
+        happened = f'{happened} ({exc.strerror})'
+      return happened, fix
+    for pattern, code in _TEXT:
+      if pattern.search(str(exc)):
+        return _CAUSES[code]
+    exc = exc.__cause__ or exc.__context__
+  return None
+
+
+def describe(exc):
+  found = cause(exc)
+  if found:
+    return found
+  first = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:200]
+  return (f'{type(exc).__name__}: {first}', 'check the disk and the path, then run again')
+
+
+def probe_write(path):
+  """Creates `path` if needed and writes (then removes) one page in it; OSError if not."""
+  os.makedirs(path, exist_ok=True)
+  probe = os.path.join(path, f'.write-probe-{socket.gethostname()}-{os.getpid()}')
+  try:
+    with open(probe, 'wb') as f:
+      f.write(b'\0' * 4096)  # a full page: a full tmpfs refuses it, an empty file not
+      f.flush()
+      os.fsync(f.fileno())
+  finally:
+    if os.path.exists(probe):
+      os.remove(probe)
+
+
+def require_writable_dir(path, what='--workdir'):
+  """`path` is (or can be made) a directory this process can write in."""
+  if os.path.exists(path) and not os.path.isdir(path):
+    raise StorageError(f'{what}={path} is a file, not a directory; give a directory path')
+  try:
+    probe_write(path)
+  except OSError as e:
+    happened, fix = describe(e)
+    raise StorageError(f'cannot write in {what}={path}: {happened}; {fix}') from None
+
+
+def save_failed(step, directory, exc):
+  happened, fix = describe(exc)
+  return StorageError(f'saving checkpoint {step} to {directory} failed: {happened}; {fix}. '
+                      'Training stopped at this step; the checkpoints before it are intact, and '
+                      'the next run resumes from the latest of them')
+
+
+def check_free_space(directory, previous_step_dir):
+  """Refuses a save that cannot fit: a step needs about as much as the previous one
+  (same arrays), and a write that runs out of space half-way fails in Orbax's
+  background threads, after training went on."""
+  if not previous_step_dir or not os.path.isdir(previous_step_dir):
+    return
+  needed = 0
+  for root, _, files in os.walk(previous_step_dir):
+    for name in files:
+      try:
+        needed += os.lstat(os.path.join(root, name)).st_size
+      except OSError:
+        pass
+  stats = os.statvfs(directory)
+  free = stats.f_bavail * stats.f_frsize
+  if free < needed * 1.05 + (1 << 20):
+    raise OSError(errno.ENOSPC, f'{free / 2**20:.1f} MiB free, a checkpoint needs about '
+                  f'{needed / 2**20:.1f} MiB')
+
+
+class _Quiet(std_logging.Filter):
+  """Orbax logs each failed write with a traceback from its threads; one line each
+  is enough (the error line says what to do), and after a failure, none."""
+  failed = False
+
+  def filter(self, record):
+    if '/orbax/' not in (record.pathname or ''):
+      return True
+    if _Quiet.failed:
+      return False
+    if record.levelno >= std_logging.ERROR:
+      record.msg, record.args = str(record.getMessage()).splitlines()[0][:300], ()
+      record.exc_info = record.exc_text = None
+    return True
+
+
+_hooks_installed = False
+
+
+def install_quiet_hooks():
+  """Keeps storage failures to one line: Orbax's log records shortened (above), and
+  TensorStore's callbacks into an event loop Orbax already closed after a failed
+  write ('Event loop is closed', one traceback per pending array) not printed."""
+  global _hooks_installed
+  if _hooks_installed:
+    return
+  _hooks_installed = True
+  quiet = _Quiet()
+  for logger in (std_logging.getLogger(), std_logging.getLogger('absl')):
+    logger.addFilter(quiet)
+    for handler in logger.handlers:
+      handler.addFilter(quiet)
+  default_excepthook, default_unraisable = sys.excepthook, sys.unraisablehook
+
+  def closed_loop(exc):
+    return isinstance(exc, RuntimeError) and 'Event loop is closed' in str(exc)
+
+  sys.excepthook = lambda t, e, tb: None if closed_loop(e) else default_excepthook(t, e, tb)
+  sys.unraisablehook = lambda u: None if closed_loop(u.exc_value) else default_unraisable(u)
+
+
+def quiet_after_failure():
+  """Once a save failed and the one error line is decided, Orbax's threads still log
+  while they unwind; keep them out of the user's terminal."""
+  install_quiet_hooks()
+  _Quiet.failed = True
+  threading.excepthook = lambda args: None
