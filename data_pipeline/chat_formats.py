@@ -8,11 +8,9 @@ The format is detected per file from its first record (`data.chat_format`
 forces one); every record must then have that format's fields. Other keys
 (`task`, `reference`, `lang`, ...) are kept beside the messages.
 """
-import json
-import os
-
 from configs.errors import UserError
 from data_pipeline import chat_template
+from data_pipeline import jsonl
 
 FORMATS = {
     'messages': ('messages',),
@@ -49,29 +47,16 @@ def to_messages(record, fmt, where):
 
 def read_chat_file(path, forced_format='auto'):
   """[{'messages': [...], **other fields}, ...] of one JSONL file."""
-  if not os.path.isfile(path):
-    raise UserError(f'chat file {path} does not exist; give a JSONL file of conversations')
   records, fmt = [], None if forced_format == 'auto' else forced_format
-  with open(path, encoding='utf-8', errors='replace') as f:
-    for number, line in enumerate(f, 1):
-      if not line.strip():
-        continue
-      where = f'{path}:{number}'
-      try:
-        record = json.loads(line)
-      except json.JSONDecodeError as e:
-        raise UserError(f'{where} is not valid JSON ({e.msg}); give one JSON object per '
-                        'line') from None
-      if not isinstance(record, dict):
-        raise UserError(f'{where} is not a JSON object; give one object per line')
-      fmt = fmt or detect(record)
-      if fmt is None or not all(k in record for k in FORMATS[fmt]):
-        known = '; '.join('/'.join(fields) for fields in FORMATS.values())
-        raise UserError(f'{where} has none of the known chat fields ({known}); convert it or '
-                        'set data.chat_format')
-      messages = to_messages(record, fmt, where)
-      extra = {k: v for k, v in record.items() if k not in FORMATS[fmt]}
-      records.append({**extra, 'messages': messages})
+  for where, record in jsonl.records(path, 'chat file'):
+    fmt = fmt or detect(record)
+    if fmt is None or not all(k in record for k in FORMATS[fmt]):
+      known = '; '.join('/'.join(fields) for fields in FORMATS.values())
+      raise UserError(f'{where} has none of the known chat fields ({known}); convert it or '
+                      'set data.chat_format')
+    messages = to_messages(record, fmt, where)
+    extra = {k: v for k, v in record.items() if k not in FORMATS[fmt]}
+    records.append({**extra, 'messages': messages})
   return records
 
 

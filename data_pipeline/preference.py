@@ -12,20 +12,18 @@ segment id 1 on real tokens. A response that overflows keeps its start
 (counted); a pair whose prompt leaves no room for a response, or whose chosen
 equals its rejected, is skipped (counted); a file with no usable pair is an error.
 """
-import json
-import os
-
 import grain
 import numpy as np
 
 from configs.errors import UserError
 from data_pipeline import chat_template
-from data_pipeline.pretrain_loader import ShardedBatches
+from data_pipeline import jsonl
+from data_pipeline.pretrain_loader import sharded_batches
 
 ROW_FIELDS = ('inputs', 'targets', 'loss_mask', 'segment_ids', 'positions')
 
 
-def _messages(value, role, where):
+def as_messages(value, role, where):
   messages = value if isinstance(value, list) else [{'role': role, 'content': value}]
   chat_template.check_messages(messages, where)
   return messages
@@ -37,12 +35,12 @@ def to_pair(record, where):
     raise UserError(f'{where} needs "chosen" and "rejected" (and optionally "prompt"); '
                     'convert it to the TRL preference format')
   if 'prompt' in record:
-    prompt = _messages(record['prompt'], 'user', where)
-    chosen = _messages(record['chosen'], 'assistant', where)
-    rejected = _messages(record['rejected'], 'assistant', where)
+    prompt = as_messages(record['prompt'], 'user', where)
+    chosen = as_messages(record['chosen'], 'assistant', where)
+    rejected = as_messages(record['rejected'], 'assistant', where)
   else:  # implicit prompt: the longest common prefix of the two conversations
-    a = _messages(record['chosen'], 'assistant', where)
-    b = _messages(record['rejected'], 'assistant', where)
+    a = as_messages(record['chosen'], 'assistant', where)
+    b = as_messages(record['rejected'], 'assistant', where)
     shared = 0
     while shared < min(len(a), len(b)) - 1 and a[shared] == b[shared]:
       shared += 1
@@ -58,25 +56,11 @@ def to_pair(record, where):
 
 
 def read_pairs(paths):
-  pairs = []
-  for path in paths:
-    if not os.path.isfile(path):
-      raise UserError(f'preference file {path} does not exist; give a JSONL file of pairs')
-    with open(path, encoding='utf-8', errors='replace') as f:
-      for number, line in enumerate(f, 1):
-        if not line.strip():
-          continue
-        where = f'{path}:{number}'
-        try:
-          record = json.loads(line)
-        except json.JSONDecodeError as e:
-          raise UserError(f'{where} is not valid JSON ({e.msg}); give one JSON object per '
-                          'line') from None
-        pairs.append(to_pair(record, where))
-  return pairs
+  return [to_pair(record, where) for path in paths
+          for where, record in jsonl.records(path, 'preference file')]
 
 
-def _row(ids, mask, seq_len):
+def make_row(ids, mask, seq_len):
   n = min(len(ids), seq_len)
   row = {name: np.zeros(seq_len, np.int32) for name in ROW_FIELDS}
   row['inputs'][:n] = ids[:n]
@@ -115,7 +99,7 @@ def tokenize_pairs(pairs, tokenizer, seq_len):
         break
       if len(ids) > seq_len:
         stats['truncated'] += 1
-      rows.append(_row(ids, mask, seq_len))
+      rows.append(make_row(ids, mask, seq_len))
     if skip:
       stats['no_room'] += 1
       continue
@@ -146,16 +130,8 @@ def make_dataset(examples, *, batch_size, seed, shuffle=True, num_epochs=None,
 
 def train_dataset(config, examples, row_block, num_blocks):
   """This process's shards of the pair stream; batches are (pairs, 2, seq_len)."""
-  batch = config.train.batch_size
-  shards = config.data.num_shards or num_blocks
-  if shards % num_blocks or batch % shards:
-    raise UserError(f'data.num_shards={shards} must be a multiple of the {num_blocks} '
-                    f'processes and divide train.batch_size={batch}')
-  per_process = shards // num_blocks
-  mine = range(row_block * per_process, (row_block + 1) * per_process)
-  return ShardedBatches({shard: iter(make_dataset(
-      examples, batch_size=batch // shards, seed=config.seed, process_index=shard,
-      process_count=shards)) for shard in mine})
+  return sharded_batches(config, row_block, num_blocks, lambda shard, shards, rows: make_dataset(
+      examples, batch_size=rows, seed=config.seed, process_index=shard, process_count=shards))
 
 
 def eval_batches(examples, rows):

@@ -84,11 +84,13 @@ class ShardedBatches:
       it.set_state(state['shards'][str(shard)])
 
 
-def train_dataset(config, source, tokenizer, row_block, num_blocks):
-  """This process's share of the training stream.
+def sharded_batches(config, row_block, num_blocks, make_shard):
+  """This process's data shards as one ShardedBatches.
 
   `row_block` / `num_blocks`: which contiguous block of global batch rows this
-  process holds (see global_batch.process_row_block).
+  process holds (see global_batch.process_row_block). `make_shard(shard, shards,
+  rows)` builds one shard's dataset of `rows`-row batches; every stage's loader
+  (pretrain, sft, preference pairs) shards the same way.
   """
   batch = config.train.batch_size
   shards = config.data.num_shards or num_blocks
@@ -97,11 +99,16 @@ def train_dataset(config, source, tokenizer, row_block, num_blocks):
                     f'processes and divide train.batch_size={batch}')
   per_process = shards // num_blocks
   mine = range(row_block * per_process, (row_block + 1) * per_process)
-  return ShardedBatches({shard: iter(make_dataset(
-      source, tokenizer, seq_len=config.data.seq_len, batch_size=batch // shards,
-      seed=config.seed, text_field=config.data.text_field, add_bos=config.data.add_bos,
-      process_index=shard, process_count=shards, num_threads=config.data.num_threads,
-      prefetch=config.data.prefetch)) for shard in mine})
+  return ShardedBatches({shard: iter(make_shard(shard, shards, batch // shards))
+                         for shard in mine})
+
+
+def train_dataset(config, source, tokenizer, row_block, num_blocks):
+  """This process's share of the training stream."""
+  return sharded_batches(config, row_block, num_blocks, lambda shard, shards, rows: make_dataset(
+      source, tokenizer, seq_len=config.data.seq_len, batch_size=rows, seed=config.seed,
+      text_field=config.data.text_field, add_bos=config.data.add_bos, process_index=shard,
+      process_count=shards, num_threads=config.data.num_threads, prefetch=config.data.prefetch))
 
 
 def eval_dataset(config, source, tokenizer, process_index, process_count, batch_size=None):

@@ -15,7 +15,7 @@ import numpy as np
 
 from configs.errors import UserError
 from data_pipeline import chat_template
-from data_pipeline.pretrain_loader import ShardedBatches
+from data_pipeline.pretrain_loader import sharded_batches
 
 FIELDS = ('inputs', 'targets', 'loss_mask')
 
@@ -76,16 +76,9 @@ def make_dataset(examples, *, seq_len, batch_size, seed, shuffle=True, num_epoch
 
 def train_dataset(config, examples, row_block, num_blocks):
   """This process's data shards of the training stream (as pretrain_loader's)."""
-  batch = config.train.batch_size
-  shards = config.data.num_shards or num_blocks
-  if shards % num_blocks or batch % shards:
-    raise UserError(f'data.num_shards={shards} must be a multiple of the {num_blocks} '
-                    f'processes and divide train.batch_size={batch}')
-  per_process = shards // num_blocks
-  mine = range(row_block * per_process, (row_block + 1) * per_process)
-  return ShardedBatches({shard: iter(make_dataset(
-      examples, seq_len=config.data.seq_len, batch_size=batch // shards, seed=config.seed,
-      process_index=shard, process_count=shards)) for shard in mine})
+  return sharded_batches(config, row_block, num_blocks, lambda shard, shards, rows: make_dataset(
+      examples, seq_len=config.data.seq_len, batch_size=rows, seed=config.seed,
+      process_index=shard, process_count=shards))
 
 
 def eval_batches(examples, seq_len, rows, process_index=0, process_count=1):

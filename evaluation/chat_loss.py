@@ -1,8 +1,6 @@
 """Held-out chat loss: mean cross-entropy on assistant tokens (end-of-turn included)."""
 import math
 
-import jax
-
 from data_pipeline import sft_loader
 from data_pipeline.global_batch import make_global_batch
 from data_pipeline.global_batch import process_row_block

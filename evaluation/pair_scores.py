@@ -40,5 +40,15 @@ def accuracy(scores, kinds, kind_names):
           'margin': float((scores[:, 0] - scores[:, 1]).mean()), 'pairs': int(len(right))}
 
 
+def eval_metrics(score_fn, params, frozen, examples, kind_names, config, mesh):
+  """The metrics a preference stage logs at each evaluation (first eval_batches batches)."""
+  scores, kinds = score_pairs(score_fn, params, frozen, examples, config.train.batch_size, mesh,
+                              config.train.eval_batches)
+  result = accuracy(scores, kinds, kind_names)
+  metrics = {'eval_accuracy': result['accuracy'], 'eval_margin': result['margin']}
+  metrics.update({f'eval_accuracy/{k}': v for k, v in result['accuracy_by_kind'].items()})
+  return metrics
+
+
 def replicated_out(mesh):
   return jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec())

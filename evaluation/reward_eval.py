@@ -1,7 +1,6 @@
 """`run.py eval` on reward and DPO workdirs: preference accuracy, and scores of any
 prompt/response JSONL under a reward model (to see what it rewards: reward models
 are known to reward surface features that a policy then learns to exploit)."""
-import json
 import os
 
 import jax
@@ -10,6 +9,7 @@ import numpy as np
 
 from configs.errors import UserError
 from data_pipeline import chat_template
+from data_pipeline import jsonl
 from data_pipeline import preference
 from data_pipeline import preference_embedded
 from data_pipeline import tokenizer as tokenizer_lib
@@ -89,33 +89,22 @@ def run_reward_eval(config, workdir, *, checkpoint=None, step=None, eval_files=(
 
 def score_responses(score_fn, params, spec, tokenizer, path, seq_len, rows):
   """Scores of each {"prompt", "response"} (strings or messages) or {"messages"} line."""
-  if not os.path.isfile(path):
-    raise UserError(f'--score_file={path} does not exist; give a JSONL file of '
-                    '{"prompt", "response"} lines')
   examples = []
-  with open(path, encoding='utf-8') as f:
-    for number, line in enumerate(f, 1):
-      if not line.strip():
-        continue
-      where = f'{path}:{number}'
-      try:
-        record = json.loads(line)
-      except json.JSONDecodeError as e:
-        raise UserError(f'{where} is not valid JSON ({e.msg})') from None
-      if 'messages' in record:
-        messages = record['messages']
-        prompt, response = messages[:-1], messages[-1:]
-      elif 'prompt' in record and 'response' in record:
-        prompt = preference._messages(record['prompt'], 'user', where)
-        response = preference._messages(record['response'], 'assistant', where)
-      else:
-        raise UserError(f'{where} needs "prompt" and "response" (or "messages")')
-      chat_template.check_messages(prompt + response, where)
-      ids, mask, _ = preference.response_ids(tokenizer, prompt, response)
-      row = preference._row(ids, mask, seq_len)
-      # Score it as the "chosen" of a pair whose "rejected" is empty padding.
-      examples.append({k: np.stack([v, np.zeros_like(v)]) for k, v in row.items()}
-                      | {'kind': np.zeros(2, np.int32), 'margin': np.zeros(2, np.float32)})
+  for where, record in jsonl.records(path, '--score_file'):
+    if 'messages' in record:
+      messages = record['messages']
+      prompt, response = messages[:-1], messages[-1:]
+    elif 'prompt' in record and 'response' in record:
+      prompt = preference.as_messages(record['prompt'], 'user', where)
+      response = preference.as_messages(record['response'], 'assistant', where)
+    else:
+      raise UserError(f'{where} needs "prompt" and "response" (or "messages")')
+    chat_template.check_messages(prompt + response, where)
+    ids, mask, _ = preference.response_ids(tokenizer, prompt, response)
+    row = preference.make_row(ids, mask, seq_len)
+    # Scored as the "chosen" of a pair whose "rejected" is empty padding.
+    examples.append({k: np.stack([v, np.zeros_like(v)]) for k, v in row.items()}
+                    | {'kind': np.zeros(2, np.int32), 'margin': np.zeros(2, np.float32)})
   scores, _ = pair_scores.score_pairs(score_fn, params, {}, examples, rows, spec.mesh)
   return [float(s) for s in scores[:, 0]]
 

@@ -6,7 +6,6 @@ every segment of a (possibly packed, right-padded) row, the position of its last
 token. Off-by-one here is the classic RLHF bug, so it is computed from the
 segment ids alone and tested with padding, packing and truncation.
 """
-import jax
 import jax.numpy as jnp
 
 

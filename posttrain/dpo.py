@@ -12,7 +12,6 @@ loss is ln 2 and every margin 0. Metrics use TRL's names.
 import jax
 import jax.numpy as jnp
 
-from configs.errors import UserError
 from data_pipeline import preference
 from data_pipeline import preference_embedded
 from data_pipeline.global_batch import process_row_block
@@ -27,6 +26,8 @@ from posttrain.reward import load_pairs
 from posttrain.reward import rows_of
 from posttrain.trainable import Trainable
 from posttrain.trainable import base_meta
+from posttrain.trainable import pretrain_workdir
+from posttrain.trainable import check_resume
 from posttrain.trainable import start_model
 
 
@@ -90,19 +91,13 @@ class DpoStage(Stage):
     self.data_iter = preference.train_dataset(config, self.train_examples, row_block, num_blocks)
     self.meta = dict(checkpointing.metadata(config, self.tokenizer, self.mesh), stage='dpo',
                      method=self.method, base=base_meta(self.init), **t.meta,
-                     kinds=self.eval_stats['kinds'], pretrain_workdir=self._pretrain_workdir())
+                     kinds=self.eval_stats['kinds'], pretrain_workdir=pretrain_workdir(self.init))
     self.loss_sums = self._loss_sums
     # Policy forward + backward and a reference forward, over two sequences per pair.
     self.tokens_per_step = 2 * config.train.batch_size * config.data.seq_len
     self.flops_per_token = flops.train_flops_per_token(config.model, config.data.seq_len) * 4 / 3
     self._score_fn = with_mesh(self.mesh, jax.jit(
         self.implicit_rewards, out_shardings=pair_scores.replicated_out(self.mesh)))
-
-  def _pretrain_workdir(self):
-    import os
-    if os.path.isdir(os.path.join(self.init.workdir, 'tfds')):
-      return self.init.workdir
-    return self.init.meta.get('pretrain_workdir')
 
   def _loss_sums(self, params, frozen, batch):
     policy, reference = self._paired_logps(params, frozen, batch)
@@ -128,23 +123,11 @@ class DpoStage(Stage):
     return self.trainable.start
 
   def check_compatible(self, meta):
-    checkpointing.check_compatible(meta, self.config, self.tokenizer)
-    if meta.get('method') != self.method:
-      raise UserError(f'dpo.method={self.method} but the checkpoints in this workdir were '
-                      f'trained with {meta.get("method")}; use a new workdir or --noresume')
-    if meta.get('base', {}).get('fingerprint') != self.meta['base']['fingerprint']:
-      raise UserError(f'the checkpoints in this workdir were trained from '
-                      f'{meta["base"]["directory"]}/{meta["base"]["step"]}, not --init_from; '
-                      'resume with that --init_from or use a new workdir')
+    check_resume(meta, self.config, self.tokenizer, self.meta, 'dpo.method')
 
   def evaluate(self, params):
-    scores, kinds = pair_scores.score_pairs(self._score_fn, params, self.frozen,
-                                            self.eval_examples, self.config.train.batch_size,
-                                            self.mesh, self.config.train.eval_batches)
-    result = pair_scores.accuracy(scores, kinds, self.eval_stats['kinds'])
-    metrics = {'eval_accuracy': result['accuracy'], 'eval_margin': result['margin']}
-    metrics.update({f'eval_accuracy/{k}': v for k, v in result['accuracy_by_kind'].items()})
-    return metrics
+    return pair_scores.eval_metrics(self._score_fn, params, self.frozen, self.eval_examples,
+                                    self.eval_stats['kinds'], self.config, self.mesh)
 
 
 def run_dpo(config, workdir, init_from, resume=True, on_ready=None):

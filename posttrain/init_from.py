@@ -37,19 +37,20 @@ def resolve(init_from):
     raise UserError(f'--init_from={init_from} does not exist; give a workdir with checkpoints '
                     'or a checkpoint step directory')
   if os.path.isdir(os.path.join(path, 'state')) and os.path.basename(path).isdigit():
-    directory, step = restore_params.locate(None, path, None)
-    workdir = os.path.dirname(directory)
+    checkpoint, workdir = path, os.path.dirname(os.path.dirname(path))
   elif os.path.isdir(os.path.join(path, 'checkpoints')):
-    directory, step = restore_params.locate(path, None, None)
-    workdir = path
+    checkpoint, workdir = None, path
   else:
     raise UserError(f'--init_from={init_from} is not a workdir with checkpoints/ nor a '
                     'checkpoint step directory; give one')
+
+  def intact(directory, step, meta):  # a damaged latest step: the one before, with a warning
+    restore_params.check_intact(directory, step)
+    return directory, step, meta
   try:
-    meta = restore_params.read_meta(directory, step)
-  except Exception as e:  # a damaged or foreign directory
-    raise UserError(f'--init_from: checkpoint {directory}/{step} has no readable metadata '
-                    f'({str(e).splitlines()[0][:120]}); give another checkpoint') from None
+    directory, step, meta = restore_params.with_fallback(workdir, checkpoint, None, intact)
+  except UserError as e:
+    raise UserError(f'--init_from: {e}') from None
   saved = ml_collections.ConfigDict(meta['config'])
   tok_path = saved.tokenizer.get('path') or os.path.join(workdir, 'tokenizer',
                                                          tokenizer_lib.MODEL_FILE)

@@ -23,6 +23,7 @@ from model import partitioning
 from model import scalar_head
 from posttrain.trainable import Trainable
 from posttrain.trainable import base_meta
+from posttrain.trainable import check_resume
 from posttrain.trainable import start_model
 
 
@@ -113,20 +114,11 @@ class RewardStage(Stage):
     return self._start
 
   def check_compatible(self, meta):
-    checkpointing.check_compatible(meta, self.config, self.tokenizer)
-    from configs.errors import UserError
-    if meta.get('method') != self.method:
-      raise UserError(f'reward.method={self.method} but the checkpoints in this workdir were '
-                      f'trained with {meta.get("method")}; use a new workdir or --noresume')
+    check_resume(meta, self.config, self.tokenizer, self.meta, 'reward.method')
 
   def evaluate(self, params):
-    scores, kinds = pair_scores.score_pairs(self._score_fn, params, self.frozen,
-                                            self.eval_examples, self.config.train.batch_size,
-                                            self.mesh, self.config.train.eval_batches)
-    result = pair_scores.accuracy(scores, kinds, self.eval_stats['kinds'])
-    metrics = {'eval_accuracy': result['accuracy'], 'eval_margin': result['margin']}
-    metrics.update({f'eval_accuracy/{k}': v for k, v in result['accuracy_by_kind'].items()})
-    return metrics
+    return pair_scores.eval_metrics(self._score_fn, params, self.frozen, self.eval_examples,
+                                    self.eval_stats['kinds'], self.config, self.mesh)
 
 
 def run_reward(config, workdir, init_from, resume=True, on_ready=None):

@@ -17,7 +17,6 @@ import os
 import jax
 from jax.sharding import NamedSharding, PartitionSpec
 
-from configs.errors import UserError
 from data_pipeline import chat_formats
 from data_pipeline import embedded
 from data_pipeline import sft_loader
@@ -26,10 +25,7 @@ from data_pipeline.global_batch import process_row_block
 from engine import checkpointing
 from engine import flops
 from engine import lm_loss
-from engine import mesh as mesh_lib
 from engine import optimizer
-from engine import restore_params
-from engine import train_state
 from engine import train_step
 from engine.trainer import Stage
 from engine.trainer import Trainer
@@ -39,6 +35,8 @@ from model import soft_prompt
 from posttrain import init_from as init_from_lib
 from posttrain.trainable import Trainable
 from posttrain.trainable import base_meta
+from posttrain.trainable import check_resume
+from posttrain.trainable import pretrain_workdir
 from posttrain.trainable import start_model
 
 
@@ -74,7 +72,7 @@ class SftStage(Stage):
     self.meta = dict(checkpointing.metadata(config, tokenizer, self.mesh), stage='sft',
                      method=self.method, base=base_meta(init),
                      data={'train_files': list(train_files), **self.train_stats},
-                     pretrain_workdir=self._pretrain_workdir())
+                     pretrain_workdir=pretrain_workdir(self.init))
     if self.method == 'lora':
       self.meta.update(self.trainable.meta)
     elif self.method == 'prompt':
@@ -105,12 +103,6 @@ class SftStage(Stage):
     # Real-token initialisation needs the embedding values: computed once, outside jit.
     self._start = jax.device_put(make(jax.random.key(self.config.seed), base_params['embed']),
                                  self.param_shardings)
-
-  def _pretrain_workdir(self):
-    """The workdir whose corpus measures forgetting: P's own, or the one P names."""
-    if os.path.isdir(os.path.join(self.init.workdir, 'tfds')):
-      return self.init.workdir
-    return self.init.meta.get('pretrain_workdir')
 
   def apply(self, params, frozen, batch):
     """Logits of the model as this method trains it."""
@@ -150,15 +142,7 @@ class SftStage(Stage):
     return self.trainable.model_params(params, self.frozen)
 
   def check_compatible(self, meta):
-    checkpointing.check_compatible(meta, self.config, self.tokenizer)
-    if meta.get('method') != self.method:
-      raise UserError(f'sft.method={self.method} but the checkpoints in this workdir were '
-                      f'trained with {meta.get("method")}; use a new workdir or --noresume')
-    if self.method != 'full' and meta.get('base', {}).get('fingerprint') != self.meta['base'][
-        'fingerprint']:
-      raise UserError(f'the checkpoints in this workdir adapt {meta["base"]["directory"]}/'
-                      f'{meta["base"]["step"]}, not --init_from; resume with that --init_from '
-                      'or use a new workdir')
+    check_resume(meta, self.config, self.tokenizer, self.meta, 'sft.method')
 
   def evaluate(self, params):
     metrics = chat_loss.assistant_loss(self._eval_fn, params, self.frozen, self.eval_examples,

@@ -79,3 +79,25 @@ def base_meta(init):
   """What a stage's checkpoint records of its start (adapters need it to load)."""
   return {'directory': init.directory, 'step': init.step,
           'fingerprint': restore_params.fingerprint(init.directory, init.step)}
+
+
+def check_resume(meta, config, tokenizer, own_meta, method_key):
+  """A workdir's checkpoints resume only with the same method and the same start."""
+  from configs.errors import UserError
+  from engine import checkpointing
+  checkpointing.check_compatible(meta, config, tokenizer)
+  if meta.get('method') != own_meta['method']:
+    raise UserError(f'{method_key}={own_meta["method"]} but the checkpoints in this workdir '
+                    f'were trained with {meta.get("method")}; use a new workdir or --noresume')
+  if meta.get('base', {}).get('fingerprint') != own_meta['base']['fingerprint']:
+    raise UserError(f'the checkpoints in this workdir were trained from '
+                    f'{meta["base"]["directory"]}/{meta["base"]["step"]}, not --init_from; '
+                    'resume with that --init_from or use a new workdir')
+
+
+def pretrain_workdir(init):
+  """The workdir whose corpus measures forgetting: --init_from's own, or the one it names."""
+  import os
+  if os.path.isdir(os.path.join(init.workdir, 'tfds')):
+    return init.workdir
+  return init.meta.get('pretrain_workdir')

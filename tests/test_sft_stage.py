@@ -153,8 +153,9 @@ def test_lora_checkpoint_holds_only_adapters(runs):
   from engine import restore_params
   meta = restore_params.read_meta(os.path.join(lora_dir, 'checkpoints'), STEPS)
   assert meta['adapter'] == 'lora' and meta['method'] == 'lora'
-  assert meta['base'] == {'directory': os.path.join(str(runs['pretrained']), 'checkpoints'),
-                          'step': 20}
+  base_dir = os.path.join(str(runs['pretrained']), 'checkpoints')
+  assert meta['base'] == {'directory': base_dir, 'step': 20,
+                          'fingerprint': restore_params.fingerprint(base_dir, 20)}
   assert meta['lora']['rank'] == 8 and meta['lora']['scale'] == 16.0 / 8
 
 
