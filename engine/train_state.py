@@ -42,32 +42,41 @@ def state_shardings(param_shardings, tx, abstract_state, mesh):
   opt = optax.tree_map_params(
       tx, lambda _, sharding: sharding, abstract_state['opt_state'], param_shardings,
       transform_non_params=lambda _: replicated)
-  return {'step': replicated, 'params': param_shardings, 'opt_state': opt}
+  shardings = {'step': replicated, 'params': param_shardings, 'opt_state': opt}
+  if 'extra' in abstract_state:  # a stage's own state (RNG key, controllers): replicated
+    shardings['extra'] = jax.tree.map(lambda _: replicated, abstract_state['extra'])
+  return shardings
 
 
-def _state_of(params, tx):
-  return {'step': jnp.zeros((), jnp.int32), 'params': params, 'opt_state': tx.init(params)}
+def _state_of(params, tx, extra=None):
+  state = {'step': jnp.zeros((), jnp.int32), 'params': params, 'opt_state': tx.init(params)}
+  if extra is not None:
+    state['extra'] = jax.tree.map(jnp.asarray, extra)
+  return state
 
 
-def abstract_state(init_params, param_shardings, tx, mesh):
+def abstract_state(init_params, param_shardings, tx, mesh, extra=None):
   """(ShapeDtypeStructs carrying shardings, shardings) of the state that
-  `init_params(key)` starts: the restore target for Orbax."""
-  abstract = jax.eval_shape(lambda key: _state_of(init_params(key), tx), jax.random.key(0))
+  `init_params(key)` starts: the restore target for Orbax. `extra`: a stage's own
+  state beside params and optimizer (initial values), saved and restored with them."""
+  abstract = jax.eval_shape(lambda key: _state_of(init_params(key), tx, extra),
+                            jax.random.key(0))
   shardings = state_shardings(param_shardings, tx, abstract, mesh)
   return jax.tree.map(lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s),
                       abstract, shardings), shardings
 
 
-def init_state(init_params, param_shardings, tx, mesh, key):
+def init_state(init_params, param_shardings, tx, mesh, key, extra=None):
   """(state, shardings), created on the mesh: each device only holds its own shards."""
-  _, shardings = abstract_state(init_params, param_shardings, tx, mesh)
-  return jax.jit(lambda k: _state_of(init_params(k), tx), out_shardings=shardings)(key), shardings
+  _, shardings = abstract_state(init_params, param_shardings, tx, mesh, extra)
+  return jax.jit(lambda k: _state_of(init_params(k), tx, extra),
+                 out_shardings=shardings)(key), shardings
 
 
-def state_from_params(params, param_shardings, tx, mesh):
+def state_from_params(params, param_shardings, tx, mesh, extra=None):
   """A step-0 state around given params (fine-tuning starts): fresh optimizer state."""
-  _, shardings = abstract_state(lambda _: params, param_shardings, tx, mesh)
-  return jax.jit(lambda p: _state_of(p, tx), out_shardings=shardings)(params), shardings
+  _, shardings = abstract_state(lambda _: params, param_shardings, tx, mesh, extra)
+  return jax.jit(lambda p: _state_of(p, tx, extra), out_shardings=shardings)(params), shardings
 
 
 def create_train_state(spec, tx, seed):

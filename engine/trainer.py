@@ -50,6 +50,8 @@ class Stage:
   flops_per_token, tokens_per_step: for MFU.
   """
   frozen, frozen_shardings = {}, {}
+  extra = None  # the stage's own state beside params/optimizer (dict of arrays), or None
+  make_step_fn = None  # (shardings) -> step(state, frozen, batch) replacing make_step's
 
   def start_params(self):
     return None
@@ -163,14 +165,15 @@ class Trainer:
     stage = self.stage
     start = stage.start_params()
     if start is not None:
-      return train_state.state_from_params(start, stage.param_shardings, stage.tx, stage.mesh)
+      return train_state.state_from_params(start, stage.param_shardings, stage.tx, stage.mesh,
+                                           stage.extra)
     return train_state.init_state(stage.init_params, stage.param_shardings, stage.tx,
-                                  stage.mesh, jax.random.key(self.config.seed))
+                                  stage.mesh, jax.random.key(self.config.seed), stage.extra)
 
   def _restore(self, step):
     stage = self.stage
     abstract, shardings = train_state.abstract_state(stage.init_params, stage.param_shardings,
-                                                     stage.tx, stage.mesh)
+                                                     stage.tx, stage.mesh, stage.extra)
     meta = self.manager.restore(step, args=checkpointing.ocp.args.Composite(
         meta=checkpointing.ocp.args.JsonRestore()))['meta']
     stage.check_compatible(meta)
@@ -279,8 +282,11 @@ class Trainer:
 
   def _loop(self):
     stage, config, train_cfg = self.stage, self.config, self.config.train
-    step_fn = train_step.make_step(stage.loss_sums, stage.tx, stage.schedule, self.shardings,
-                                   stage.mesh, train_cfg.microbatches, stage.frozen_shardings)
+    if stage.make_step_fn:  # a stage that runs more than one update per step (PPO)
+      step_fn = stage.make_step_fn(self.shardings)
+    else:
+      step_fn = train_step.make_step(stage.loss_sums, stage.tx, stage.schedule, self.shardings,
+                                     stage.mesh, train_cfg.microbatches, stage.frozen_shardings)
     writer = self.writer = MetricsWriter(self.workdir, enabled=self.is_primary,
                                          start_step=self.start_step)
     peak = train_cfg.peak_tflops * 1e12 or flops.measure_matmul_peak()
