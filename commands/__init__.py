@@ -11,7 +11,7 @@ COMMANDS = {
     'generate': 'commands.generate',
     'sft': 'commands.sft',
     'reward': 'commands.reward',
-    'ppo': None,
+    'ppo': 'commands.ppo',
     'dpo': 'commands.dpo',
     'export': 'commands.export',
     'import': 'commands.hf_import',

@@ -103,6 +103,32 @@ def get_config():
   dpo.loss_type = 'sigmoid'  # 'sigmoid' (DPO) or 'ipo'
   dpo.label_smoothing = 0.0  # conservative DPO: assumed rate of flipped labels (sigmoid)
 
+  # PPO defaults follow TRL's PPOConfig / OpenRLHF where they agree (noted where not).
+  config.ppo = ppo = ml_collections.ConfigDict()
+  ppo.method = 'full'  # actor: 'full' or 'lora' (sft.lora_* settings; reference = base)
+  ppo.critic_init = 'reward'  # critic = reward model + its head ('reward') or SFT + zero head
+  ppo.critic_learning_rate = 0.0  # 0 = train.learning_rate
+  ppo.max_new_tokens = 48  # longest sampled answer; prompts get data.seq_len minus this
+  ppo.temperature = 1.0  # rollout sampling temperature (on-policy: 1.0; TRL uses 0.7)
+  ppo.top_p = 1.0  # rollout nucleus sampling; 1 = off
+  ppo.epochs = 4  # passes over each rollout batch (TRL num_ppo_epochs)
+  ppo.minibatches = 4  # updates per pass (must divide train.batch_size)
+  ppo.clip = 0.2  # policy ratio clip ε (PPO paper, TRL cliprange)
+  ppo.value_clip = 0.2  # value clip around the rollout's values (TRL cliprange_value)
+  ppo.vf_coef = 0.1  # weight of the value loss (TRL vf_coef)
+  ppo.entropy_coef = 0.0  # entropy bonus; 0 = off (TRL has none)
+  ppo.gamma = 1.0  # discount over response tokens (TRL)
+  ppo.lam = 0.95  # GAE λ (TRL)
+  ppo.kl_coef = 0.05  # per-token KL penalty β (TRL kl_coef)
+  ppo.kl_estimator = 'k1'  # 'k1' (log π − log ref) or 'k3' (non-negative, lower variance)
+  ppo.adaptive_kl = False  # Ziegler et al. 2019 controller toward target_kl
+  ppo.target_kl = 6.0  # adaptive controller's target KL per sequence (Ziegler et al.)
+  ppo.kl_horizon = 10000  # adaptive controller's horizon, in rollout samples (Ziegler et al.)
+  ppo.whiten_rewards = False  # whiten token rewards before GAE (TRL whiten_rewards)
+  ppo.missing_eot_penalty = 0.0  # subtracted from the score of an answer without end-of-turn
+  ppo.repeat_penalty = 0.0  # subtracted from the score of an answer with a repeated 4-gram
+  ppo.wrong_language_penalty = 0.0  # subtracted when the answer's language is not the prompt's
+
   config.hf = hf = ml_collections.ConfigDict()
   hf.parity_tolerance = 1e-3  # export/import fail above this max |logit difference|
   hf.parity_sequences = 4  # random token sequences the parity check runs

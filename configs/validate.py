@@ -16,6 +16,9 @@ CHOICES = {
     'reward.method': ('full', 'lora'),
     'dpo.method': ('full', 'lora'),
     'dpo.loss_type': ('sigmoid', 'ipo'),
+    'ppo.method': ('full', 'lora'),
+    'ppo.critic_init': ('reward', 'sft'),
+    'ppo.kl_estimator': ('k1', 'k3'),
 }
 # Pad, unk, BOS, EOS, 4 chat roles, 256 byte pieces, plus room for real merges.
 MIN_VOCAB_SIZE = 8 + 256 + 64
@@ -81,4 +84,10 @@ def validate(config):
   _require(config.dpo.beta > 0, f'dpo.beta={config.dpo.beta} must be > 0')
   _require(0 <= config.dpo.label_smoothing < 0.5,
            f'dpo.label_smoothing={config.dpo.label_smoothing} must be in [0, 0.5)')
+  ppo = config.ppo
+  _require(ppo.max_new_tokens >= 1, f'ppo.max_new_tokens={ppo.max_new_tokens} must be >= 1')
+  _require(ppo.epochs >= 1 and ppo.minibatches >= 1 and train.batch_size % ppo.minibatches == 0,
+           f'ppo.minibatches={ppo.minibatches} must divide train.batch_size={train.batch_size} '
+           f'(and ppo.epochs={ppo.epochs} be >= 1)')
+  _require(ppo.temperature > 0, f'ppo.temperature={ppo.temperature} must be > 0 (sampling)')
   _require(config.checkpoint.keep >= 1, f'checkpoint.keep={config.checkpoint.keep} must be >= 1')

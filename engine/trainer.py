@@ -52,6 +52,7 @@ class Stage:
   frozen, frozen_shardings = {}, {}
   extra = None  # the stage's own state beside params/optimizer (dict of arrays), or None
   make_step_fn = None  # (shardings) -> step(state, frozen, batch) replacing make_step's
+  loss_is_nll = True  # the loss is a token NLL (so perplexity = exp(loss) is logged)
 
   def start_params(self):
     return None
@@ -320,7 +321,8 @@ class Trainer:
         window_start, window_steps = time.perf_counter(), 0
       if step % train_cfg.log_every == 0 or step == train_cfg.steps:
         values = {k: float(v) for k, v in metrics.items() if k != 'tokens'}
-        values['perplexity'] = math.exp(min(loss, 50.0))
+        if stage.loss_is_nll:
+          values['perplexity'] = math.exp(min(loss, 50.0))
         if window_steps:  # speed over the steps since the last line (compile excluded)
           elapsed = time.perf_counter() - window_start
           tokens_per_s = window_steps * stage.tokens_per_step / elapsed

@@ -1,7 +1,6 @@
 """`run.py eval` on reward and DPO workdirs: preference accuracy, and scores of any
 prompt/response JSONL under a reward model (to see what it rewards: reward models
 are known to reward surface features that a policy then learns to exploit)."""
-import os
 
 import jax
 import ml_collections
@@ -15,10 +14,10 @@ from data_pipeline import preference_embedded
 from data_pipeline import tokenizer as tokenizer_lib
 from engine import mesh as mesh_lib
 from engine import restore_params
+from engine import restore_reward
 from engine import train_state
 from engine.train_step import with_mesh
 from evaluation import pair_scores
-from model import lora
 
 
 def _spec_and_meta(workdir, config, checkpoint, step):
@@ -29,35 +28,6 @@ def _spec_and_meta(workdir, config, checkpoint, step):
       tokenizer_lib.tokenizer_path(workdir, config.tokenizer), saved.model.vocab_size)
   spec = train_state.ModelSpec(saved.model, mesh_lib.make_mesh(config.mesh))
   return directory, step, meta, saved, tokenizer, spec
-
-
-def load_reward_model(workdir, config, checkpoint=None, step=None):
-  """(spec, {'lm': model params, 'head': head}, tokenizer, saved config, step, meta)."""
-  from model import scalar_head
-  from posttrain import reward  # noqa: F401  (the layout of reward checkpoints)
-  directory, step, meta, saved, tokenizer, spec = _spec_and_meta(workdir, config, checkpoint,
-                                                                 step)
-  state_dir = os.path.join(directory, str(step), 'state')
-  head_abstract = jax.eval_shape(lambda: scalar_head.init(saved.model.d_model))
-  head_shardings = reward.head_shardings(spec.mesh)
-  if meta.get('adapter') == 'lora':
-    base = meta['base']
-    base_params, _ = restore_params.model_params(
-        base['directory'], base['step'], restore_params.read_meta(base['directory'],
-                                                                  base['step']), spec)
-    targets = tuple(meta['lora']['targets'])
-    abstract = {'lm': jax.eval_shape(lambda: lora.init_adapters(
-        jax.random.key(0), base_params, targets, meta['lora']['rank'])), 'head': head_abstract}
-    shardings = {'lm': restore_params.adapter_shardings(spec, targets), 'head': head_shardings}
-    restored = restore_params.restore_tree(state_dir, abstract, shardings)
-    lm = lora.merge(base_params, restored['lm'], meta['lora']['scale'])
-  else:
-    abstract = {'lm': jax.eval_shape(spec.init_params, jax.random.key(0)),
-                'head': head_abstract}
-    shardings = {'lm': spec.param_shardings, 'head': head_shardings}
-    restored = restore_params.restore_tree(state_dir, abstract, shardings)
-    lm = restored['lm']
-  return spec, {'lm': lm, 'head': restored['head']}, tokenizer, saved, step, meta
 
 
 def eval_pairs(eval_files, tokenizer, seq_len):
@@ -71,8 +41,8 @@ def eval_pairs(eval_files, tokenizer, seq_len):
 def run_reward_eval(config, workdir, *, checkpoint=None, step=None, eval_files=(),
                     batch_size=8, score_file=None):
   from posttrain import reward
-  spec, params, tokenizer, saved, step, meta = load_reward_model(workdir, config, checkpoint,
-                                                                 step)
+  spec, params, tokenizer, saved, step, meta = restore_reward.load_reward_model(
+      workdir, config, checkpoint, step)
   score_fn = with_mesh(spec.mesh, jax.jit(reward.pair_scores_fn(spec, lambda lm, _: lm),
                                           out_shardings=pair_scores.replicated_out(spec.mesh)))
   rows = batch_size * spec.mesh.shape['data'] * spec.mesh.shape['fsdp']

@@ -18,6 +18,13 @@ def axes():
   return {'w': ('embed',), 'b': ()}
 
 
+def shardings(mesh):
+  from jax.sharding import NamedSharding, PartitionSpec
+  from model import partitioning
+  return {'w': NamedSharding(mesh, partitioning.spec(('embed',))),
+          'b': NamedSharding(mesh, PartitionSpec())}
+
+
 def last_token_index(segment_ids, num_segments):
   """(B, num_segments) positions of each segment's last token; -1 for absent ones.
 

@@ -69,6 +69,7 @@ def dpo_sums(policy, reference, batch, cfg):
 
 class DpoStage(Stage):
   name = 'dpo'
+  loss_is_nll = False
 
   def __init__(self, config, workdir, init_from):
     self.config, self.workdir = config, workdir

@@ -7,7 +7,6 @@ Metrics: `accuracy`, `margin`, mean/min/max reward; held-out accuracy per kind.
 """
 import jax
 import jax.numpy as jnp
-from jax.sharding import NamedSharding, PartitionSpec
 
 from data_pipeline import preference
 from data_pipeline import preference_embedded
@@ -19,7 +18,6 @@ from engine.train_step import with_mesh
 from engine.trainer import Stage
 from engine.trainer import Trainer
 from evaluation import pair_scores
-from model import partitioning
 from model import scalar_head
 from posttrain.trainable import Trainable
 from posttrain.trainable import base_meta
@@ -38,11 +36,6 @@ def rows_of(batch):
   """(pairs, 2, T) fields → (2·pairs, T) rows, chosen and rejected interleaved."""
   return {k: v.reshape((-1,) + v.shape[2:]) for k, v in batch.items()
           if k in preference.ROW_FIELDS}
-
-
-def head_shardings(mesh):
-  return {'w': NamedSharding(mesh, partitioning.spec(('embed',))),
-          'b': NamedSharding(mesh, PartitionSpec())}
 
 
 def pair_scores_fn(spec, model_params_fn):
@@ -74,6 +67,7 @@ def bradley_terry_sums(scores, batch, center_coef, use_margin):
 
 class RewardStage(Stage):
   name = 'reward'
+  loss_is_nll = False
 
   def __init__(self, config, workdir, init_from):
     self.config, self.workdir = config, workdir
@@ -82,7 +76,7 @@ class RewardStage(Stage):
     self.method = config.reward.method
     t = self.trainable = Trainable(self.method, self.spec, base, config.sft)
     self.frozen, self.frozen_shardings = t.frozen, t.frozen_shardings
-    self.param_shardings = {'lm': t.param_shardings, 'head': head_shardings(self.mesh)}
+    self.param_shardings = {'lm': t.param_shardings, 'head': scalar_head.shardings(self.mesh)}
     d = config.model.d_model
     self.init_params = lambda key: {'lm': t.init_params(key), 'head': scalar_head.init(d)}
     self._start = None if t.start is None else {
