@@ -1,12 +1,22 @@
-"""Loads a checkpoint's params (and its model config) for eval, generate, export."""
-import os
+"""Loads a checkpoint's params (and its model config) for eval, generate, export.
 
+A damaged step (unreadable files, or arrays that differ from the fingerprints
+saved with them) is skipped with a warning and the one before is used, as
+training does on resume; when the user named the step, it is one error line.
+"""
+import json
+import os
+import sys
+
+from absl import logging as absl_logging
 import jax
 import ml_collections
+import numpy as np
 import orbax.checkpoint as ocp
 
 from configs.errors import UserError
 from data_pipeline import tokenizer as tokenizer_lib
+from engine import integrity
 from engine import mesh as mesh_lib
 from engine import train_state
 from jax.sharding import NamedSharding, PartitionSpec
@@ -23,35 +33,136 @@ def locate(workdir, checkpoint, step):
     if not (os.path.isdir(os.path.join(path, 'state')) and name.isdigit()):
       raise UserError(f'--checkpoint={checkpoint} is not a checkpoint step directory (like '
                       'WORKDIR/checkpoints/1000); give one that exists')
+    if step is not None and step != int(name):
+      raise UserError(f'--step={step} and --checkpoint={checkpoint} (step {name}) disagree; '
+                      'give one of them')
     return os.path.dirname(path), int(name)
   directory = os.path.join(workdir, 'checkpoints')
-  steps = []
-  if os.path.isdir(directory):
-    manager = ocp.CheckpointManager(directory)
-    steps = list(manager.all_steps())
-    manager.close()
+  steps = all_steps(directory)
   if not steps:
     raise UserError(f'no checkpoint in {directory}; run `python run.py pretrain` first or give '
                     '--checkpoint')
   if step is not None and step not in steps:
     raise UserError(f'no checkpoint for --step={step}; available steps: {sorted(steps)}')
-  return directory, step if step is not None else max(steps)
+  if step is not None:
+    return directory, step
+  for candidate in sorted(steps, reverse=True):  # an unreadable metadata file: skip the step
+    if _meta_readable(directory, candidate):
+      return directory, candidate
+    _warn(f'checkpoint {directory}/{candidate} has unreadable metadata; using the one before')
+  raise UserError(f'every checkpoint in {directory} has unreadable metadata (damaged); '
+                  'restore them from a backup or train again')
+
+
+def all_steps(directory):
+  if not os.path.isdir(directory):
+    return []
+  manager = ocp.CheckpointManager(directory)
+  try:
+    return list(manager.all_steps())
+  finally:
+    manager.close()
+
+
+def _meta_readable(directory, step):
+  try:
+    with open(os.path.join(directory, str(step), 'meta', 'metadata')) as f:
+      return isinstance(json.load(f).get('config'), dict)
+  except (OSError, ValueError, AttributeError):
+    return False
+
+
+_warned = set()
+
+
+def _warn(message):
+  if jax.process_index() == 0 and message not in _warned:
+    _warned.add(message)
+    print(f'warning: {message}', file=sys.stderr, flush=True)
+
+
+def check_intact(directory, step):
+  """Reads a step's params on the host and checks them against their fingerprints
+  (integrity.DamagedCheckpoint if not): for choosing a checkpoint before the
+  mesh that will hold it exists (--init_from)."""
+  state_dir = os.path.join(directory, str(step), 'state')
+  try:
+    level = absl_logging.get_verbosity()
+    absl_logging.set_verbosity(absl_logging.ERROR)  # 'no _CHECKPOINT_METADATA' is harmless
+    try:
+      tree = ocp.PyTreeCheckpointer().metadata(state_dir)
+    finally:
+      absl_logging.set_verbosity(level)
+    tree = getattr(tree, 'item_metadata', tree)['params']
+    args = jax.tree.map(lambda _: ocp.RestoreArgs(restore_type=np.ndarray), tree)
+    restored = ocp.PyTreeCheckpointer().restore(state_dir, args=ocp.args.PyTreeRestore(
+        item={'params': tree}, restore_args={'params': args}, partial_restore=True))
+  except Exception as e:  # TensorStore/Orbax: truncated, missing or foreign array files
+    raise integrity.DamagedCheckpoint(f'checkpoint {directory}/{step} cannot be read '
+                                      f'({_first_line(e)})') from None
+  integrity.verify(restored['params'], integrity.recorded(os.path.dirname(state_dir)),
+                   f'checkpoint {directory}/{step}', prefix="['params']")
+
+
+def with_fallback(workdir, checkpoint, step, fn):
+  """fn(directory, step, meta) on the chosen checkpoint: the named one (--checkpoint
+  or --step; damaged = one error line), else the latest that reads back intact
+  (a damaged one is skipped with a warning)."""
+  directory, chosen = locate(workdir, checkpoint, step)
+  named = checkpoint is not None or step is not None
+  candidates = [chosen] if named else sorted(
+      (s for s in all_steps(directory) if s <= chosen), reverse=True)
+  for candidate in candidates:
+    try:
+      return fn(directory, candidate, read_meta(directory, candidate))
+    except integrity.DamagedCheckpoint as e:
+      if named:
+        raise UserError(f'{e}; name another checkpoint, or the workdir alone (its latest '
+                        'intact one is used)') from None
+      _warn(f'{e}; using the checkpoint before it')
+  raise UserError(f'no intact checkpoint in {directory} (each one is damaged; see the warnings '
+                  'above); restore them from a backup or train again')
 
 
 def read_meta(directory, step):
   manager = ocp.CheckpointManager(directory, item_names=('state', 'data', 'meta'))
   try:
-    return manager.restore(step, args=ocp.args.Composite(meta=ocp.args.JsonRestore()))['meta']
+    meta = manager.restore(step, args=ocp.args.Composite(meta=ocp.args.JsonRestore()))['meta']
+    if not isinstance(meta, dict) or not isinstance(meta.get('config'), dict):
+      raise ValueError('no config in the metadata')
+    return meta
+  except Exception as e:  # Orbax raises many types for a damaged or emptied file
+    raise integrity.DamagedCheckpoint(
+        f'checkpoint {directory}/{step} has unreadable metadata '
+        f'({_first_line(e)})') from None
   finally:
     manager.close()
 
 
+def _first_line(e):
+  line = (str(e).strip().splitlines() or [type(e).__name__])[0]
+  if 'TensorStore' in line or 'array index' in line:  # its text runs on into repr noise
+    line = 'an array file is truncated or unreadable: ' + line.split('. See full')[0][:120]
+  return line[:200]
+
+
 def restore_tree(state_dir, abstract, shardings):
   """Only the `params` item of a saved train state (no optimizer state), straight
-  into the given shardings."""
+  into the given shardings, checked against the fingerprints saved with it
+  (integrity.DamagedCheckpoint when it cannot be read or differs)."""
   restore_args = jax.tree.map(lambda s: ocp.ArrayRestoreArgs(sharding=s), shardings)
-  restored = ocp.PyTreeCheckpointer().restore(state_dir, args=ocp.args.PyTreeRestore(
-      item={'params': abstract}, restore_args={'params': restore_args}, partial_restore=True))
+  step_dir = os.path.dirname(os.path.abspath(state_dir))
+  try:
+    restored = ocp.PyTreeCheckpointer().restore(state_dir, args=ocp.args.PyTreeRestore(
+        item={'params': abstract}, restore_args={'params': restore_args},
+        partial_restore=True))
+  except UserError:
+    raise
+  except Exception as e:  # TensorStore/Orbax: truncated, missing or foreign array files
+    raise integrity.DamagedCheckpoint(f'checkpoint {step_dir} cannot be read '
+                                      f'({_first_line(e)})') from None
+  integrity.verify(restored['params'], integrity.recorded(step_dir), f'checkpoint {step_dir}',
+                   prefix="['params']")
   return restored['params']
 
 
@@ -111,8 +222,12 @@ def adapter_shardings(spec, targets):
 def load(workdir, config, checkpoint=None, step=None):
   """(model config, params on the mesh, tokenizer, ModelSpec, saved config, step,
   soft prompt or None)."""
-  directory, step = locate(workdir, checkpoint, step)
-  meta = read_meta(directory, step)
+  return with_fallback(workdir, checkpoint, step,
+                       lambda directory, step, meta: _load(workdir, config, directory, step,
+                                                           meta))
+
+
+def _load(workdir, config, directory, step, meta):
   saved = ml_collections.ConfigDict(meta['config'])
   tokenizer = tokenizer_lib.load_tokenizer(
       tokenizer_lib.tokenizer_path(workdir, config.tokenizer), saved.model.vocab_size)
@@ -121,9 +236,5 @@ def load(workdir, config, checkpoint=None, step=None):
                     'with; point tokenizer.path at the original')
   mesh = mesh_lib.make_mesh(config.mesh)
   spec = train_state.ModelSpec(saved.model, mesh)
-  try:
-    params, prompt = model_params(directory, step, meta, spec)
-  except (ValueError, KeyError, FileNotFoundError) as e:
-    raise UserError(f'checkpoint {directory}/{step} cannot be read for its own model config '
-                    f'({str(e).splitlines()[0][:200]}); the checkpoint is damaged') from None
+  params, prompt = model_params(directory, step, meta, spec)
   return saved.model, params, tokenizer, spec, saved, step, prompt

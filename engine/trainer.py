@@ -109,9 +109,14 @@ class Trainer:
     storage.require_writable_dir(self.workdir)
     self.lock = None
     self._take_lock()
-    self.manager = checkpointing.make_manager(self.workdir, self.config.checkpoint)
-    self._pending_save = None  # the step of an async save not yet known to be complete
-    self.state, self.shardings = self._restore_or_init(resume)
+    try:
+      self.manager = checkpointing.make_manager(self.workdir, self.config.checkpoint)
+      self._pending_save = None  # the step of an async save not yet known to be complete
+      self.state, self.shardings = self._restore_or_init(resume)
+    except BaseException:
+      if self.lock is not None:
+        self.lock.release()
+      raise
     self.start_step = int(jax.device_get(self.state['step']))
     self.progress = self.writer = None
 

@@ -2,7 +2,9 @@
 
 The kernel drops an flock when its holder dies, so a lock left by a killed run
 never blocks the next start; the file's text (host, pid, start time) only names
-the holder in the message a second run prints.
+the holder in the message a second run prints. The file is removed on release
+(a run that fails its checks leaves the workdir as it found it); a locker that
+finds its locked file already unlinked tries again.
 """
 import fcntl
 import json
@@ -19,7 +21,18 @@ class WorkdirLock:
 
   def __init__(self, workdir, command):
     self.path = os.path.join(workdir, LOCK_FILE)
-    self._file = None
+    for _ in range(100):
+      fd = self._lock(workdir, command)
+      if fd is None or _same_file(fd, self.path):
+        break
+      os.close(fd)  # released and unlinked by its holder after we opened it
+    self._fd = fd
+    if fd is not None:
+      os.ftruncate(fd, 0)
+      os.pwrite(fd, json.dumps({'host': socket.gethostname(), 'pid': os.getpid(),
+                                'command': command, 'time': time.time()}).encode(), 0)
+
+  def _lock(self, workdir, command):
     fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
     try:
       fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
@@ -32,18 +45,17 @@ class WorkdirLock:
                       f'pid {holder.get("pid", "?")} on host {holder.get("host", "?")}, '
                       f'started {since}); wait for it to finish, stop it, or use another '
                       '--workdir') from None
-    except OSError as e:  # a file system without flock: no lock rather than no training
+    except OSError:  # a file system without flock: no lock rather than no training
       os.close(fd)
-      self._fd = None
-      self.error = e
-      return
-    os.ftruncate(fd, 0)
-    os.pwrite(fd, json.dumps({'host': socket.gethostname(), 'pid': os.getpid(),
-                              'command': command, 'time': time.time()}).encode(), 0)
-    self._fd = fd
+      return None
+    return fd
 
   def release(self):
     if self._fd is not None:
+      try:
+        os.remove(self.path)
+      except OSError:
+        pass
       fcntl.flock(self._fd, fcntl.LOCK_UN)
       os.close(self._fd)
       self._fd = None
@@ -54,3 +66,10 @@ def _read(fd):
     return json.loads(os.pread(fd, 4096, 0).decode() or '{}')
   except (OSError, ValueError):
     return {}
+
+
+def _same_file(fd, path):
+  try:
+    return os.path.samestat(os.fstat(fd), os.stat(path))
+  except OSError:
+    return False

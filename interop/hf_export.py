@@ -22,16 +22,27 @@ from data_pipeline import chat_template
 from data_pipeline import tokenizer as tokenizer_lib
 from model import hf_convert
 from interop import hf_parity
+from engine import integrity
 from engine import restore_params
 
 
 def read_leaf(state_dir, path):
+  """One param as numpy, checked against its saved fingerprint."""
   item, args = {}, {}
   hf_convert.set_path(item, ('params',) + path, 0)
   hf_convert.set_path(args, ('params',) + path, ocp.RestoreArgs(restore_type=np.ndarray))
-  restored = ocp.PyTreeCheckpointer().restore(state_dir, args=ocp.args.PyTreeRestore(
-      item=item, restore_args=args, partial_restore=True))
-  return hf_convert.get_path(restored['params'], path)
+  step_dir = os.path.dirname(os.path.abspath(state_dir))
+  try:
+    restored = ocp.PyTreeCheckpointer().restore(state_dir, args=ocp.args.PyTreeRestore(
+        item=item, restore_args=args, partial_restore=True))
+  except Exception as e:  # TensorStore/Orbax: truncated or missing array files
+    raise integrity.DamagedCheckpoint(
+        f'checkpoint {step_dir} cannot be read ({str(e).strip().splitlines()[0][:160]})') \
+        from None
+  leaf = hf_convert.get_path(restored['params'], path)
+  integrity.verify(leaf, integrity.recorded(step_dir), f'checkpoint {step_dir}',
+                   prefix="['params']" + ''.join(f'[{k!r}]' for k in path))
+  return leaf
 
 
 def tokenizer_files(tokenizer, out, max_len):
@@ -108,19 +119,30 @@ def run_export(config, workdir, out, *, checkpoint=None, step=None, overwrite=Fa
   if not out:
     raise UserError('--out is required: the directory to write the Hugging Face model into')
   out = os.path.abspath(out)
+  if os.path.exists(out) and not os.path.isdir(out):
+    raise UserError(f'--out={out} is a file; give a directory path for the Hugging Face model')
   if os.path.exists(out) and os.listdir(out) and not overwrite:
     raise UserError(f'{out} exists and is not empty; choose another --out or pass --overwrite')
   if parity:
     hf_parity.import_hf()
-  directory, step = restore_params.locate(workdir, checkpoint, step)
-  meta = restore_params.read_meta(directory, step)
+  return restore_params.with_fallback(
+      workdir, checkpoint, step,
+      lambda directory, step, meta: _export_step(config, workdir, out, directory, step, meta,
+                                                 parity))
+
+
+def _export_step(config, workdir, out, directory, step, meta, parity):
   saved = ml_collections.ConfigDict(meta['config'])
   tokenizer = tokenizer_lib.load_tokenizer(
       tokenizer_lib.tokenizer_path(workdir, config.tokenizer), saved.model.vocab_size)
   start = time.perf_counter()
   staging = f'{out}.partial-{os.getpid()}'
   shutil.rmtree(staging, ignore_errors=True)
-  os.makedirs(staging)
+  try:
+    os.makedirs(staging)
+  except OSError as e:
+    raise UserError(f'cannot write beside --out={out} ({e.strerror}); give a writable '
+                    'directory path') from None
   try:
     state_dir = os.path.join(directory, str(step), 'state')
     params = {} if parity else None
@@ -137,6 +159,8 @@ def run_export(config, workdir, out, *, checkpoint=None, step=None, overwrite=Fa
       result['parity'] = hf_parity.compare(saved.model, params, staging,
                                            config.hf.parity_sequences)
       hf_parity.check(result['parity'], config.hf.parity_tolerance)
+    for name in os.listdir(staging):  # the umask's mode, not save_file's private 0600
+      os.chmod(os.path.join(staging, name), 0o666 & ~_umask())
     if os.path.exists(out):
       shutil.rmtree(out)
     os.rename(staging, out)
@@ -144,3 +168,9 @@ def run_export(config, workdir, out, *, checkpoint=None, step=None, overwrite=Fa
     shutil.rmtree(staging, ignore_errors=True)
   result['seconds'] = time.perf_counter() - start
   return result
+
+
+def _umask():
+  mask = os.umask(0)
+  os.umask(mask)
+  return mask
