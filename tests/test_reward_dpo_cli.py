@@ -1,0 +1,175 @@
+"""`run.py reward` / `run.py dpo` errors a user can cause: one `error:` line, exit 2,
+and the workdirs left as they were (an existing one unchanged, a new one not created)."""
+import hashlib
+import json
+import os
+import shutil
+
+import pytest
+
+from tests.cli_helpers import fresh_workdir, run_cli
+
+pytestmark = pytest.mark.slow
+SMALL = ['--config.train.batch_size=4', '--config.train.eval_batches=1',
+         '--config.train.eval_every=0', '--config.train.peak_tflops=1',
+         '--config.data.seq_len=64']
+CONFIG = {'reward': '--config=configs/reward_tiny.py', 'dpo': '--config=configs/dpo_tiny.py'}
+GOOD = {'prompt': 'What is the capital of France?', 'chosen': 'Paris.', 'rejected': 'Rome.'}
+
+
+def _one_line_error(result, fragment):
+  assert result.returncode == 2, (result.returncode, result.stderr[-2000:])
+  lines = result.stderr.strip().splitlines()
+  assert lines, 'no stderr'
+  assert lines[-1].startswith('error: ') and fragment in lines[-1], lines[-1]
+  assert sum(l.startswith('error: ') for l in lines) == 1, lines
+  assert not any('Traceback' in l for l in lines), result.stderr[-2000:]
+
+
+def _tree_hashes(root):
+  out = {}
+  for directory, subdirs, names in os.walk(root):
+    for name in subdirs:
+      out[os.path.relpath(os.path.join(directory, name), root) + '/'] = None
+    for name in names:
+      path = os.path.join(directory, name)
+      with open(path, 'rb') as f:
+        out[os.path.relpath(path, root)] = hashlib.sha256(f.read()).hexdigest()
+  return out
+
+
+def _jsonl(path, lines):
+  with open(path, 'w') as f:
+    for line in lines:
+      f.write((line if isinstance(line, str) else json.dumps(line)) + '\n')
+  return str(path)
+
+
+def _other_tokenizer(directory):
+  """A tokenizer of the same size as the tiny one, trained on a sample of its lines."""
+  from configs import tiny
+  from data_pipeline import documents, embedded
+  from data_pipeline import tokenizer as tokenizer_lib
+  config = tiny.get_config()
+  config.tokenizer.max_sentences = 3000
+  tokenizer = tokenizer_lib.train_tokenizer(
+      documents.iter_documents(embedded.TRAIN_FILES, config.data), config.tokenizer)
+  tokenizer_lib.save_tokenizer(tokenizer, str(directory))
+  return tokenizer
+
+
+@pytest.fixture(scope='module')
+def setup(tiny_workdir, tmp_path_factory):
+  root = tmp_path_factory.mktemp('reward_dpo_cli')
+  p = fresh_workdir(tiny_workdir, root / 'pretrain')
+  result = run_cli('pretrain', '--config=configs/tiny.py', f'--workdir={p}',
+                   '--config.train.steps=10', '--config.train.batch_size=4',
+                   '--config.train.eval_every=0', '--config.checkpoint.save_every_steps=10',
+                   '--config.train.peak_tflops=1')
+  assert result.returncode == 0, result.stderr[-2000:]
+  # A reward workdir holding a run (full, 2 steps): reward errors must leave it as it is,
+  # and dpo must refuse it as --init_from.
+  existing = root / 'reward'
+  result = run_cli('reward', CONFIG['reward'], *SMALL, f'--workdir={existing}',
+                   f'--init_from={p}', '--config.train.steps=2')
+  assert result.returncode == 0, result.stderr[-2000:]
+  # A workdir that already has another tokenizer, and a copy of P whose tokenizer was
+  # replaced after its checkpoint was trained.
+  other = _other_tokenizer(root / 'other_tok' / 'tokenizer')
+  retokenized = root / 'retokenized'
+  shutil.copytree(p, retokenized)
+  shutil.rmtree(retokenized / 'tokenizer')
+  shutil.copytree(root / 'other_tok' / 'tokenizer', retokenized / 'tokenizer')
+  from data_pipeline import tokenizer as tokenizer_lib
+  assert other.fingerprint != tokenizer_lib.load_tokenizer(
+      str(p / 'tokenizer' / 'tokenizer.model')).fingerprint
+  long_prompt = ' '.join(['Please explain, in careful detail, why the sky looks blue.'] * 3)
+  files = {
+      'not_json': _jsonl(root / 'not_json.jsonl', [GOOD, '{"prompt": "a", "chosen": oops']),
+      'no_rejected': _jsonl(root / 'no_rejected.jsonl', [
+          GOOD, {'prompt': 'Hi', 'chosen': 'Hello!'}]),
+      'identical': _jsonl(root / 'identical.jsonl', [
+          dict(GOOD, rejected='Paris.'), {'prompt': 'Hi', 'chosen': 'Hello!', 'rejected': 'Hello!'},
+          {'chosen': [{'role': 'user', 'content': 'Hi'}, {'role': 'assistant', 'content': 'Yo'}],
+           'rejected': [{'role': 'user', 'content': 'Hi'},
+                        {'role': 'assistant', 'content': 'Yo'}]}]),
+      'long_prompts': _jsonl(root / 'long_prompts.jsonl', [
+          dict(GOOD, prompt=long_prompt), dict(GOOD, prompt=long_prompt + ' Now.')]),
+  }
+  return {'p': str(p), 'existing': existing, 'other_tok': root / 'other_tok', 'root': root,
+          'retokenized': str(retokenized), 'files': files}
+
+
+# (name, stage, flags given the setup, fragment of the error line). Reward errors run on the
+# existing reward workdir (it must not change), dpo errors and those marked `new` on a new
+# workdir (it must not be created).
+CASES = [
+    ('not_json', 'reward', lambda s: [f'--config.data.train_files={s["files"]["not_json"]}'],
+     'not_json.jsonl:2 is not valid JSON'),
+    ('no_rejected', 'reward', lambda s: [f'--config.data.eval_files={s["files"]["no_rejected"]}'],
+     'no_rejected.jsonl:2 needs "chosen" and "rejected"'),
+    ('no_rejected_new', 'reward',
+     lambda s: [f'--config.data.train_files={s["files"]["no_rejected"]}'],
+     'no_rejected.jsonl:2 needs "chosen" and "rejected"'),
+    ('identical', 'reward', lambda s: [f'--config.data.train_files={s["files"]["identical"]}'],
+     'the training pairs: none of its 3 pairs is usable (3 with chosen == rejected, 0 whose'),
+    ('identical', 'dpo', lambda s: [f'--config.data.train_files={s["files"]["identical"]}'],
+     'the training pairs: none of its 3 pairs is usable (3 with chosen == rejected, 0 whose'),
+    ('no_room', 'reward', lambda s: [f'--config.data.train_files={s["files"]["long_prompts"]}',
+                                     '--config.data.seq_len=16'],
+     'none of its 2 pairs is usable (0 with chosen == rejected, 2 whose prompt leaves no room '
+     'for a response in data.seq_len)'),
+    ('retokenized_init_from', 'dpo', lambda s: [f'--init_from={s["retokenized"]}'],
+     'is not the one checkpoint 10 was trained with'),
+    ('reward_init_from', 'dpo', lambda s: [f'--init_from={s["existing"]}'],
+     '--init_from is a reward model; dpo starts from a language model'),
+    ('beta_0', 'dpo', lambda s: ['--config.dpo.beta=0'], 'dpo.beta=0.0 must be > 0'),
+    ('loss_type_bogus', 'dpo', lambda s: ['--config.dpo.loss_type=bogus'],
+     "config dpo.loss_type='bogus' is not one of ('sigmoid', 'ipo')"),
+    ('label_smoothing_half', 'dpo', lambda s: ['--config.dpo.label_smoothing=0.5'],
+     'dpo.label_smoothing=0.5 must be in [0, 0.5)'),
+    ('method_bogus', 'reward', lambda s: ['--config.reward.method=bogus'],
+     "config reward.method='bogus' is not one of ('full', 'lora')"),
+]
+
+
+def _run(stage, setup, workdir, flags):
+  init = [] if any(f.startswith('--init_from=') for f in flags) else [f'--init_from={setup["p"]}']
+  return run_cli(stage, CONFIG[stage], *SMALL, f'--workdir={workdir}', *init, *flags,
+                 '--config.train.steps=2')
+
+
+@pytest.mark.parametrize('name,stage,flags,fragment', CASES,
+                         ids=[f'{c[1]}-{c[0]}' for c in CASES])
+def test_error_is_one_line_and_touches_nothing(setup, tmp_path, name, stage, flags, fragment):
+  """--init_from (and the reward workdir dpo refuses) never change either."""
+  watched = [setup['p'], setup['existing'], setup['retokenized']]
+  before = [_tree_hashes(w) for w in watched]
+  assert 'checkpoints/2/' in before[1]
+  new = stage == 'dpo' or name.endswith('_new')
+  workdir = tmp_path / 'new' if new else setup['existing']
+  _one_line_error(_run(stage, setup, workdir, flags(setup)), fragment)
+  assert [_tree_hashes(w) for w in watched] == before
+  if new:
+    assert not workdir.exists(), os.listdir(workdir)
+
+
+@pytest.mark.parametrize('stage', ['reward', 'dpo'])
+def test_workdir_with_another_tokenizer_is_refused(setup, stage):
+  workdir = setup['other_tok']
+  before, p_before = _tree_hashes(workdir), _tree_hashes(setup['p'])
+  assert 'tokenizer/tokenizer.model' in before and 'checkpoints/' not in before
+  _one_line_error(_run(stage, setup, workdir, []),
+                  f'the tokenizer at {workdir}/tokenizer/tokenizer.model differs from the one '
+                  '--init_from was trained with')
+  assert _tree_hashes(workdir) == before
+  assert _tree_hashes(setup['p']) == p_before
+
+
+def test_reward_resume_with_another_method_is_an_error(setup):
+  existing = setup['existing']
+  before = _tree_hashes(existing)
+  _one_line_error(_run('reward', setup, existing, ['--config.reward.method=lora']),
+                  'but the checkpoints in this workdir were trained with full')
+  # Refused after WORKDIR/.lock was taken: the lock is released and removed again.
+  assert _tree_hashes(existing) == before
