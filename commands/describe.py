@@ -9,6 +9,9 @@ NUM_DEVICES = flags.DEFINE_integer('num_devices', None, 'Devices to plan the mes
 
 
 def main(config, _):
+  if NUM_DEVICES.value is not None and NUM_DEVICES.value < 1:
+    common.fail(f'--num_devices={NUM_DEVICES.value} must be >= 1 (or leave it out for this '
+                'machine\'s count)')
   from engine import describe
   report = describe.describe(config, NUM_DEVICES.value)
   print(describe.format_report(report))

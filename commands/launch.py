@@ -12,4 +12,10 @@ DEVICES_PER_PROCESS = flags.DEFINE_integer('devices_per_process', 0, 'Simulated 
 
 def main(argv):
   from engine import launch
-  sys.exit(launch.launch(common.NUM_PROCESSES.value or 1, DEVICES_PER_PROCESS.value, argv[2:]))
+  count = common.NUM_PROCESSES.value
+  if count is not None and count < 1:
+    common.fail(f'--num_processes={count} must be >= 1 (the number of local processes)')
+  if DEVICES_PER_PROCESS.value < 0:
+    common.fail(f'--devices_per_process={DEVICES_PER_PROCESS.value} must be >= 0 '
+                '(0 = the default)')
+  sys.exit(launch.launch(count or 1, DEVICES_PER_PROCESS.value, argv[2:]))

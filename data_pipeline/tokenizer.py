@@ -56,10 +56,28 @@ def _training_lines(documents, max_sentences):
   for doc in documents:
     for line in doc.split('\n'):
       if line.strip():
-        yield line.encode('utf-8')[:MAX_LINE_BYTES].decode('utf-8', errors='ignore')
-        count += 1
-        if count >= max_sentences:
-          return
+        for piece in split_long_line(line):
+          yield piece
+          count += 1
+          if count >= max_sentences:
+            return
+
+
+def split_long_line(line, limit=MAX_LINE_BYTES):
+  """A line in pieces of at most `limit` UTF-8 bytes, cut at spaces where there are
+  any: SentencePiece skips (or cuts) longer sentences, so a corpus of long lines
+  would otherwise train on a fraction of its text."""
+  data = line.encode('utf-8')
+  while len(data) > limit:
+    cut = data.rfind(b' ', 0, limit + 1)
+    if cut <= 0:
+      cut = limit
+      while cut > 0 and data[cut] & 0xC0 == 0x80:  # never inside a character
+        cut -= 1
+    yield data[:cut].decode('utf-8')
+    data = data[cut:].lstrip(b' ')
+  if data:
+    yield data.decode('utf-8')
 
 
 def auto_character_coverage(lines, vocab_size, target=0.9995):

@@ -18,6 +18,8 @@ import numpy as np
 
 from configs.errors import UserError
 
+# The metadata key; a new formula takes a new key (older records are then not checked).
+META_KEY = 'array_fingerprints_v2'
 _WORDS = {1: jnp.uint8, 2: jnp.uint16, 4: jnp.uint32, 8: jnp.uint32}
 
 
@@ -103,6 +105,6 @@ def recorded(step_dir):
   """The fingerprints in a step directory's metadata ({} when none or unreadable)."""
   try:
     with open(os.path.join(step_dir, 'meta', 'metadata')) as f:
-      return json.load(f).get('integrity') or {}
+      return json.load(f).get(META_KEY) or {}
   except (OSError, ValueError):
     return {}

@@ -184,7 +184,7 @@ class Trainer:
         meta=checkpointing.ocp.args.JsonRestore()))['meta']
     stage.check_compatible(meta)
     state, data_state, _ = checkpointing.restore(self.manager, step, abstract)
-    integrity.verify(state, meta.get('integrity'), f'checkpoint {step}')
+    integrity.verify(state, meta.get(integrity.META_KEY), f'checkpoint {step}')
     wanted = set(stage.data_iter.get_state()['shards'])
     if data_state is not None and wanted <= set(data_state.get('shards', {})):
       stage.data_iter.set_state({'shards': {s: data_state['shards'][s] for s in wanted}})
@@ -221,7 +221,7 @@ class Trainer:
     if step in self.manager.all_steps():  # e.g. --noresume over an older run's steps
       self._set_aside(step, 'replaced')
     meta = dict(self.stage.meta, wall_time=time.time(),
-                integrity=integrity.fingerprint(self.state))
+                **{integrity.META_KEY: integrity.fingerprint(self.state)})
     try:
       checkpointing.save(self.manager, step, self.state, self.stage.data_iter.get_state(),
                          meta, force=force)

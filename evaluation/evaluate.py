@@ -99,6 +99,7 @@ def run_eval(config, workdir, *, checkpoint=None, step=None, eval_files=(), seq_
   mine = slice(block * batch_size // blocks, (block + 1) * batch_size // blocks)
   score = make_score_fn(spec)
   results, row_limit, rows_used = {}, max_batches * batch_size or math.inf, 0
+  needed = 0
   start = time.perf_counter()
   for name, docs in eval_sets(config, workdir, eval_files).items():
     rows, doc_bytes = [], 0
@@ -107,6 +108,7 @@ def run_eval(config, workdir, *, checkpoint=None, step=None, eval_files=(), seq_
       ids = np.asarray(bos + tokenizer.encode(text) + [tokenizer.eos_id], np.int32)
       doc_rows = windows(ids, seq_len, stride)
       if rows_used + len(rows) + len(doc_rows) > row_limit:
+        needed = needed or len(doc_rows)  # whole documents only: bits per byte needs them
         break
       rows += doc_rows
       doc_bytes += len(text.encode('utf-8'))
@@ -124,8 +126,12 @@ def run_eval(config, workdir, *, checkpoint=None, step=None, eval_files=(), seq_
     if tokens:
       results[name] = {'loss': nll / tokens, 'nll': nll, 'tokens': int(tokens),
                        'bytes': doc_bytes, 'bits_per_byte': nll / math.log(2) / doc_bytes}
+  if not results and needed:
+    raise UserError(f'--max_batches={max_batches} holds {row_limit} windows but the first '
+                    f'document needs {needed} (documents are scored whole); give '
+                    f'--max_batches={-(-needed // batch_size)} or more, or 0 for all')
   if not results:
-    raise UserError('nothing to evaluate: raise --max_batches or give longer eval files')
+    raise UserError('nothing to evaluate: the eval files hold no text; give files with text')
   nll = sum(r['nll'] for r in results.values())
   tokens = sum(r['tokens'] for r in results.values())
   total_bytes = sum(r['bytes'] for r in results.values())
