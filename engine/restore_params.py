@@ -188,9 +188,17 @@ def model_params(directory, step, meta, spec):
   holds the soft prompt; the model params are its base's.
   """
   state_dir = os.path.join(directory, str(step), 'state')
+  part = meta.get('params_part')  # PPO: the trained tree is {'actor': ..., 'critic': ...}
+
+  def restore(abstract, shardings):
+    if part is None:
+      return restore_tree(state_dir, abstract, shardings)
+    return restore_tree(state_dir, {part: abstract}, {part: shardings})[part]
+
   adapter = meta.get('adapter')
   if adapter is None:
-    return restore_params_only(state_dir, spec), None
+    return restore(jax.eval_shape(spec.init_params, jax.random.key(0)),
+                   spec.param_shardings), None
   base = meta['base']
   if not os.path.isdir(os.path.join(base['directory'], str(base['step']))):
     raise UserError(f'the base checkpoint {base["directory"]}/{base["step"]} of this '
@@ -204,13 +212,13 @@ def model_params(directory, step, meta, spec):
     targets, rank = tuple(meta['lora']['targets']), meta['lora']['rank']
     abstract = jax.eval_shape(lambda: lora.init_adapters(jax.random.key(0), base_params,
                                                          targets, rank))
-    adapters = restore_tree(state_dir, abstract, adapter_shardings(spec, targets))
+    adapters = restore(abstract, adapter_shardings(spec, targets))
     return lora.merge(base_params, adapters, meta['lora']['scale']), base_prompt
   abstract = jax.eval_shape(lambda: soft_prompt.init(
       jax.random.key(0), base_params['embed'], meta['prompt']['num_virtual'],
       meta['prompt']['reparam_hidden']))
   shardings = jax.tree.map(lambda a: NamedSharding(spec.mesh, PartitionSpec()), abstract)
-  return base_params, soft_prompt.embeddings(restore_tree(state_dir, abstract, shardings))
+  return base_params, soft_prompt.embeddings(restore(abstract, shardings))
 
 
 def adapter_shardings(spec, targets):

@@ -220,14 +220,20 @@ class Trainer:
       raise storage.save_failed(step, self.checkpoints, e) from None
     if step in self.manager.all_steps():  # e.g. --noresume over an older run's steps
       self._set_aside(step, 'replaced')
+    # On CPU the async writer reads the arrays' own memory after save() returns (there
+    # is no device-to-host copy), while later steps donate those buffers to XLA: seen
+    # here as checkpoints holding other values than their fingerprints. So on CPU it
+    # gets its own copy, alive until written; GPU/TPU saves copy to the host anyway.
+    snapshot = (jax.tree.map(lambda x: x.copy(), self.state)
+                if jax.default_backend() == 'cpu' else self.state)
     meta = dict(self.stage.meta, wall_time=time.time(),
-                **{integrity.META_KEY: integrity.fingerprint(self.state)})
+                **{integrity.META_KEY: integrity.fingerprint(snapshot)})
     try:
-      checkpointing.save(self.manager, step, self.state, self.stage.data_iter.get_state(),
+      checkpointing.save(self.manager, step, snapshot, self.stage.data_iter.get_state(),
                          meta, force=force)
     except Exception as e:  # Orbax/TensorStore: many types, the OS cause in the text
       raise storage.save_failed(step, self.checkpoints, e) from None
-    self._pending_save = step
+    self._pending_save, self._pending_snapshot = step, snapshot
 
   def save_failure(self, block=False):
     """The StorageError of the last save if it failed, else None. Without `block`,

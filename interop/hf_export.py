@@ -100,10 +100,11 @@ def _flush(tensors, out, index):
 
 
 def merged_lora(meta, directory, step, saved, config):
-  """W + scale·A·B for a LoRA checkpoint (its base + adapters), else None (streamed)."""
-  if meta.get('adapter') is None:
+  """The params in memory when they are not the checkpoint's own tensors: W + scale·A·B
+  for a LoRA checkpoint, the actor of a PPO one; else None (streamed tensor by tensor)."""
+  if meta.get('adapter') is None and meta.get('params_part') is None:
     return None
-  if meta['adapter'] != 'lora':
+  if meta.get('adapter') == 'prompt':
     raise UserError('a prompt-tuned model has no Hugging Face LLaMA form (its soft prompt is '
                     'not a weight); export its base workdir, or fine-tune with full or lora')
   from engine import mesh as mesh_lib

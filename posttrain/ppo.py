@@ -152,6 +152,7 @@ class PpoStage(Stage):
     self.data_iter = prompts_lib.train_dataset(config, examples, row_block, num_blocks)
     self.meta = dict(checkpointing.metadata(config, tok, self.mesh), stage='ppo',
                      method=cfg.method, base=base_meta(self.init), **self.actor.meta,
+                     params_part='actor',  # what eval, generate and export load
                      reward={'directory': reward_from},
                      pretrain_workdir=pretrain_workdir(self.init))
     self.tokens_per_step = config.train.batch_size * config.data.seq_len
