@@ -209,6 +209,31 @@ def test_reward_reads_the_end_of_turn_of_a_real_row(tiny_tokenizer):
     assert np.abs(others - got[0, row]).min() > 1e-3, 'the score also matches another position'
 
 
+@pytest.mark.xfail(reason='BUG: data_pipeline/preference.py tokenize_pairs keeps a pair whose '
+                   'prompt is exactly seq_len - 1 tokens (check is prompt_len >= seq_len): both '
+                   'rows are then prompt + <|assistant|>, so the reward is read at the role '
+                   'marker, chosen and rejected tie, and the pair adds a constant ln 2 loss and '
+                   'a wrong answer to accuracy', strict=True)
+def test_reward_pairs_score_a_response_token(tiny_tokenizer, tmp_path):
+  """Every pair the reward stage keeps has a response token at its score index."""
+  question = 'What is the capital of France?'
+  prompt_len = len(chat_template.encode(tiny_tokenizer, [{'role': 'user',
+                                                          'content': question}])[0])
+  path = tmp_path / 'pairs.jsonl'
+  path.write_text(json.dumps({'prompt': question, 'chosen': 'Paris.', 'rejected': 'Rome.'}) +
+                  '\n' + json.dumps({'prompt': 'Hi', 'chosen': 'Hello.', 'rejected': 'Go.'}) +
+                  '\n')
+  config = tiny.get_config()
+  config.data.seq_len = prompt_len + 1
+  examples, _ = reward.load_pairs(config, tiny_tokenizer, (str(path),), None, 'the pairs')
+  assistant = tiny_tokenizer.chat_ids['<|assistant|>']
+  for e in examples:
+    index = np.asarray(scalar_head.last_token_index(jnp.asarray(e['segment_ids']), 1))[:, 0]
+    scored = e['inputs'][np.arange(2), index]
+    assert assistant not in scored.tolist(), 'the score is read at the <|assistant|> marker'
+    assert not np.array_equal(e['inputs'][0], e['inputs'][1])
+
+
 # -------------------------------------------------------------------- workdirs (subprocess)
 
 
