@@ -94,7 +94,9 @@ def tokenize_pairs(pairs, tokenizer, seq_len):
     rows, skip = [], False
     for response in (pair['chosen'], pair['rejected']):
       ids, mask, prompt_len = response_ids(tokenizer, pair['prompt'], response)
-      if prompt_len >= seq_len:  # not one response token would be scored
+      # The inputs must reach past <|assistant|> into the answer: a row holding only the
+      # prompt and the role marker would score (reward) and predict (DPO) nothing of it.
+      if prompt_len + 2 > seq_len:
         skip = True
         break
       if len(ids) > seq_len:

@@ -209,11 +209,6 @@ def test_reward_reads_the_end_of_turn_of_a_real_row(tiny_tokenizer):
     assert np.abs(others - got[0, row]).min() > 1e-3, 'the score also matches another position'
 
 
-@pytest.mark.xfail(reason='BUG: data_pipeline/preference.py tokenize_pairs keeps a pair whose '
-                   'prompt is exactly seq_len - 1 tokens (check is prompt_len >= seq_len): both '
-                   'rows are then prompt + <|assistant|>, so the reward is read at the role '
-                   'marker, chosen and rejected tie, and the pair adds a constant ln 2 loss and '
-                   'a wrong answer to accuracy', strict=True)
 def test_reward_pairs_score_a_response_token(tiny_tokenizer, tmp_path):
   """Every pair the reward stage keeps has a response token at its score index."""
   question = 'What is the capital of France?'
