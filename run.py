@@ -22,8 +22,6 @@ def main():
     return
   if command not in COMMANDS:
     common.fail(f'unknown command {command}; choose one of: {", ".join(COMMANDS)}')
-  if COMMANDS[command] is None:
-    common.fail(f'command {command!r} is not built yet', code=3)
   module = importlib.import_module(COMMANDS[command])  # defines the command's flags
   app.run(lambda argv: common.run(module, argv), flags_parser=common.parse_flags)
 

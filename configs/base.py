@@ -80,6 +80,7 @@ def get_config():
   ckpt.keep = 3  # most recent checkpoints kept
   ckpt.keep_period = 0  # also keep every step divisible by this forever; 0 = none
   ckpt.async_save = True  # write in the background while training continues
+  ckpt.timeout_s = 600  # longest wait on checkpoint storage (async write, final wait); then one error line
 
   config.sft = sft = ml_collections.ConfigDict()
   sft.method = 'full'  # 'full' (every weight), 'lora' (low-rank adapters), 'prompt' (soft prompt)

@@ -92,11 +92,12 @@ def test_empty_corpus_and_tokenizer_vocab_too_large(tmp_path):
   assert not os.path.exists(tmp_path / 'w' / 'tokenizer' / 'tokenizer.model')
 
 
-def test_unknown_and_unbuilt_commands(tmp_path):
+def test_unknown_commands_and_stages_without_a_start(tmp_path):
   _assert_one_line_error(run_cli('frobnicate'), 'unknown command')
-  result = run_cli('ppo', f'--workdir={tmp_path}')
-  assert result.returncode not in (0, 2)
-  assert result.stderr.strip() == "error: command 'ppo' is not built yet"
+  for stage in ('sft', 'reward', 'dpo', 'ppo'):  # each needs the model it starts from
+    _assert_one_line_error(run_cli(stage, '--config=configs/tiny.py',
+                                   f'--workdir={tmp_path / stage}'), '--init_from is required')
+    assert not (tmp_path / stage).exists()
 
 
 def test_missing_workdir_is_a_user_error():
