@@ -43,13 +43,14 @@ def reward_params(directory, step, meta, spec):
 
 
 def load_reward_model(workdir, config, checkpoint=None, step=None, mesh=None):
-  """(spec, {'lm', 'head'}, tokenizer, saved config, step, meta) of a reward workdir."""
-  directory, step = restore_params.locate(workdir, checkpoint, step)
-  meta = restore_params.read_meta(directory, step)
-  saved = ml_collections.ConfigDict(meta['config'])
-  tok_path = tokenizer_lib.tokenizer_path(workdir, config.tokenizer) if workdir else None
-  if tok_path is None or not os.path.isfile(tok_path):
-    tok_path = os.path.join(os.path.dirname(directory), 'tokenizer', tokenizer_lib.MODEL_FILE)
-  tokenizer = tokenizer_lib.load_tokenizer(tok_path, saved.model.vocab_size)
-  spec = train_state.ModelSpec(saved.model, mesh or mesh_lib.make_mesh(config.mesh))
-  return spec, reward_params(directory, step, meta, spec), tokenizer, saved, step, meta
+  """(spec, {'lm', 'head'}, tokenizer, saved config, step, meta) of a reward workdir; a
+  damaged latest step falls back to the one before (a named one is an error)."""
+  def load(directory, step, meta):
+    saved = ml_collections.ConfigDict(meta['config'])
+    tok_path = tokenizer_lib.tokenizer_path(workdir, config.tokenizer) if workdir else None
+    if tok_path is None or not os.path.isfile(tok_path):
+      tok_path = os.path.join(os.path.dirname(directory), 'tokenizer', tokenizer_lib.MODEL_FILE)
+    tokenizer = tokenizer_lib.load_tokenizer(tok_path, saved.model.vocab_size)
+    spec = train_state.ModelSpec(saved.model, mesh or mesh_lib.make_mesh(config.mesh))
+    return spec, reward_params(directory, step, meta, spec), tokenizer, saved, step, meta
+  return restore_params.with_fallback(workdir, checkpoint, step, load)
