@@ -253,7 +253,7 @@ EOT = 3
 def _rollout_like_generate():
   """Prompts of different lengths (right-padded to P) and responses as decode.generate
   returns them: tokens after the end-of-turn are 0, counts include the end-of-turn."""
-  p, n = 8, 6
+  p = 8  # max_new_tokens = 6
   lengths = np.array([3, 7, 5, 8], np.int32)
   prompt = np.zeros((4, p), np.int32)
   for row, length in enumerate(lengths):
