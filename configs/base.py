@@ -110,8 +110,8 @@ def get_config():
   ppo.critic_init = 'reward'  # critic = reward model + its head ('reward') or SFT + zero head
   ppo.critic_learning_rate = 0.0  # 0 = train.learning_rate
   ppo.max_new_tokens = 48  # longest sampled answer; prompts get data.seq_len minus this
-  ppo.temperature = 1.0  # rollout sampling temperature (on-policy: 1.0; TRL uses 0.7)
-  ppo.top_p = 1.0  # rollout nucleus sampling; 1 = off
+  ppo.temperature = 1.0  # rollout temperature; log-probs, KL and entropy use logits / it (TRL)
+  ppo.top_p = 1.0  # rollout nucleus sampling; 1 = off (log-probs ignore the cut: < 1 is off-policy)
   ppo.epochs = 4  # passes over each rollout batch (TRL num_ppo_epochs)
   ppo.minibatches = 4  # updates per pass (must divide train.batch_size)
   ppo.clip = 0.2  # policy ratio clip ε (PPO paper, TRL cliprange)

@@ -59,8 +59,9 @@ def build_sequences(prompt, length, tokens, counts):
   return seq, segment_ids, mask
 
 
-def token_logps(logits, targets):
-  logp = jax.nn.log_softmax(logits.astype(jnp.float32), axis=-1)
+def token_logps(logits, targets, temperature=1.0):
+  """log p(target) under the distribution the rollout sampled from (logits / temperature)."""
+  logp = jax.nn.log_softmax(logits.astype(jnp.float32) / temperature, axis=-1)
   return jnp.take_along_axis(logp, targets[..., None], axis=-1)[..., 0]
 
 
@@ -193,9 +194,9 @@ class PpoStage(Stage):
     inputs, targets = seq, seq[:, 1:]
     actor_logits = self.spec.apply(self._actor_model(params, frozen), inputs, positions,
                                    segment_ids)[:, :-1]
-    logp = token_logps(actor_logits, targets)
+    logp = token_logps(actor_logits, targets, cfg.temperature)
     ref_logp = token_logps(self.spec.apply(frozen['reference'], inputs, positions,
-                                           segment_ids)[:, :-1], targets)
+                                           segment_ids)[:, :-1], targets, cfg.temperature)
     values = self._values(params['critic'], inputs, positions, segment_ids)
     hidden = self.reward_spec.hidden_states(frozen['reward']['lm'], inputs, positions,
                                             segment_ids)
@@ -219,7 +220,7 @@ class PpoStage(Stage):
     kl_per_seq = jnp.sum(kl, axis=1)
     metrics = {'objective/scores': jnp.mean(scores), 'objective/reward_model_score':
                jnp.mean(raw_scores), 'objective/kl': jnp.mean(kl_per_seq),
-               'objective/entropy': ppo_loss.entropy(actor_logits, mask),
+               'objective/entropy': ppo_loss.entropy(actor_logits / cfg.temperature, mask),
                'objective/non_score_reward': jnp.mean(jnp.sum(non_score, axis=1)),
                'objective/rlhf_reward': jnp.mean(scores + jnp.sum(non_score, axis=1)),
                'response_length': jnp.mean(counts.astype(jnp.float32)),
@@ -233,13 +234,14 @@ class PpoStage(Stage):
                                  mb['seq'].shape)
     logits = self.spec.apply(self._actor_model(params, frozen), mb['seq'], positions,
                              mb['segment_ids'])[:, :-1]
-    logp = token_logps(logits, mb['seq'][:, 1:])
+    logp = token_logps(logits, mb['seq'][:, 1:], cfg.temperature)
     pg, clipfrac, approxkl, ratio = ppo_loss.policy_loss(logp, mb['old_logp'],
                                                          mb['advantages'], mb['mask'], cfg.clip)
     values = self._values(params['critic'], mb['seq'], positions, mb['segment_ids'])
     vf, vf_clipfrac = ppo_loss.value_loss(values, mb['old_values'], mb['returns'], mb['mask'],
                                           cfg.value_clip)
-    ent = ppo_loss.entropy(logits, mb['mask']) if cfg.entropy_coef else jnp.zeros(())
+    ent = (ppo_loss.entropy(logits / cfg.temperature, mb['mask']) if cfg.entropy_coef
+           else jnp.zeros(()))
     loss = pg + cfg.vf_coef * vf - cfg.entropy_coef * ent
     return loss, {'loss/policy_avg': pg, 'loss/value_avg': vf, 'policy/clipfrac_avg': clipfrac,
                   'policy/approxkl_avg': approxkl, 'val/clipfrac_avg': vf_clipfrac,
@@ -287,19 +289,20 @@ class PpoStage(Stage):
                                      lang_ok)
       jax.block_until_ready(rollout_batch)
       t2 = time.perf_counter()
+      # Read before `train`, which donates the state (its buffers may be reused).
+      step_before, kl_coef = state['step'].copy(), state['extra']['kl_coef'].copy()
       params, opt_state, aux = train(state, frozen, rollout_batch, keys[1])
-      kl_coef = state['extra']['kl_coef']
       if cfg.adaptive_kl:
         kl_coef = ppo_loss.adaptive_kl(kl_coef, metrics['objective/kl'], cfg.target_kl,
                                        cfg.kl_horizon, tokens.shape[0])
-      new_state = {'step': state['step'] + 1, 'params': params, 'opt_state': opt_state,
+      new_state = {'step': step_before + 1, 'params': params, 'opt_state': opt_state,
                    'extra': {'rng': jax.random.key_data(keys[2]),
                              'kl_coef': jnp.asarray(kl_coef, jnp.float32)}}
       new_state = jax.device_put(new_state, shardings)
       jax.block_until_ready(new_state)
       t3 = time.perf_counter()
       metrics = dict(metrics, **aux, kl_coef=kl_coef,
-                     lr=self.schedule(state['step'] * cfg.epochs * cfg.minibatches))
+                     lr=self.schedule(step_before * cfg.epochs * cfg.minibatches))
       metrics.update({'time/rollout_s': t1 - t0, 'time/scoring_s': t2 - t1,
                       'time/training_s': t3 - t2})
       return new_state, metrics
