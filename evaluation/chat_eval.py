@@ -113,8 +113,9 @@ def run_chat_eval(config, workdir, *, checkpoint=None, step=None, eval_files=(),
   loss = chat_loss.assistant_loss(eval_fn, params, soft_prompt, examples, eval_config, spec.mesh)
   count = config.sft.eval_prompts if prompts is None else prompts
   with_answers = [r for r in records if any(m['role'] == 'assistant' for m in r['messages'])]
-  answers = answer(spec, params, soft_prompt, tokenizer, spread_over_tasks(with_answers, count),
-                   config.sft.max_new_tokens, max(batch_size, 16))
+  picked = spread_over_tasks(with_answers, count)
+  answers = answer(spec, params, soft_prompt, tokenizer, picked, config.sft.max_new_tokens,
+                   max(batch_size, 16))
   summary = {'step': step, 'stage': meta.get('stage', 'pretrain'),
              'method': meta.get('method'), 'loss': loss['eval_loss'],
              'perplexity': loss['eval_perplexity'], 'tokens': loss['eval_tokens'],
@@ -123,6 +124,13 @@ def run_chat_eval(config, workdir, *, checkpoint=None, step=None, eval_files=(),
                          for a in answers[:6]]}
   summary['pretrain_perplexity'] = pretrain_perplexity(meta, os.path.join(directory, str(step)),
                                                        batch_size)
+  reward_dir = (meta.get('reward') or {}).get('directory')
+  if reward_dir:  # PPO: what its reward model thinks of the greedy answers
+    from evaluation import reward_eval
+    scores = reward_eval.reward_model_scores(reward_dir, config, [
+        (split_prompt(r)[0], [{'role': 'assistant', 'content': a['text']}])
+        for r, a in zip(picked, answers)], batch_size)
+    summary['reward_model_score'] = sum(scores) / len(scores)
   if not answers:
     raise UserError('no held-out conversation has an assistant reply to compare with')
   return summary
@@ -142,6 +150,8 @@ def format_summary(summary):
   lines.append(f'end-of-turn {summary["end_of_turn_rate"]:.3f}, answer language ok '
                f'{summary["language_ok_rate"]:.3f}, repeated 4-gram '
                f'{summary["repeat_4gram_rate"]:.3f}')
+  if summary.get('reward_model_score') is not None:
+    lines.append(f'reward model\'s mean score of these answers {summary["reward_model_score"]:.3f}')
   if summary.get('pretrain_perplexity') is not None:
     lines.append(f'pretraining validation perplexity {summary["pretrain_perplexity"]:.2f}')
   for sample in summary['samples'][:3]:

@@ -57,9 +57,35 @@ def run_reward_eval(config, workdir, *, checkpoint=None, step=None, eval_files=(
   return summary
 
 
+def _scored_examples(tokenizer, conversations, seq_len):
+  """Rows for (prompt messages, response messages) pairs, each scored as the "chosen" of
+  a pair whose "rejected" is empty padding."""
+  examples = []
+  for prompt, response in conversations:
+    ids, mask, _ = preference.response_ids(tokenizer, prompt, response)
+    row = preference.make_row(ids, mask, seq_len)
+    examples.append({k: np.stack([v, np.zeros_like(v)]) for k, v in row.items()}
+                    | {'kind': np.zeros(2, np.int32), 'margin': np.zeros(2, np.float32)})
+  return examples
+
+
+def reward_model_scores(reward_workdir, config, conversations, batch_size=8):
+  """Scores of (prompt messages, response messages) under a reward workdir's model:
+  what `eval` of a PPO workdir reports for its greedy answers."""
+  from posttrain import reward
+  spec, params, tokenizer, saved, _, _ = restore_reward.load_reward_model(reward_workdir,
+                                                                          config)
+  score_fn = with_mesh(spec.mesh, jax.jit(reward.pair_scores_fn(spec, lambda lm, _: lm),
+                                          out_shardings=pair_scores.replicated_out(spec.mesh)))
+  rows = batch_size * spec.mesh.shape['data'] * spec.mesh.shape['fsdp']
+  examples = _scored_examples(tokenizer, conversations, saved.data.seq_len)
+  scores, _ = pair_scores.score_pairs(score_fn, params, {}, examples, rows, spec.mesh)
+  return [float(x) for x in scores[:, 0]]
+
+
 def score_responses(score_fn, params, spec, tokenizer, path, seq_len, rows):
   """Scores of each {"prompt", "response"} (strings or messages) or {"messages"} line."""
-  examples = []
+  conversations = []
   for where, record in jsonl.records(path, '--score_file'):
     if 'messages' in record:
       messages = record['messages']
@@ -70,11 +96,8 @@ def score_responses(score_fn, params, spec, tokenizer, path, seq_len, rows):
     else:
       raise UserError(f'{where} needs "prompt" and "response" (or "messages")')
     chat_template.check_messages(prompt + response, where)
-    ids, mask, _ = preference.response_ids(tokenizer, prompt, response)
-    row = preference.make_row(ids, mask, seq_len)
-    # Scored as the "chosen" of a pair whose "rejected" is empty padding.
-    examples.append({k: np.stack([v, np.zeros_like(v)]) for k, v in row.items()}
-                    | {'kind': np.zeros(2, np.int32), 'margin': np.zeros(2, np.float32)})
+    conversations.append((prompt, response))
+  examples = _scored_examples(tokenizer, conversations, seq_len)
   scores, _ = pair_scores.score_pairs(score_fn, params, {}, examples, rows, spec.mesh)
   return [float(s) for s in scores[:, 0]]
 

@@ -13,6 +13,7 @@ The state holds actor, critic, both optimizer states, the sampling RNG key and
 the KL coefficient; the prompt iterator's state is saved with it, so a resumed
 run is bitwise the uninterrupted one.
 """
+import os
 import time
 
 import jax
@@ -154,7 +155,7 @@ class PpoStage(Stage):
     self.meta = dict(checkpointing.metadata(config, tok, self.mesh), stage='ppo',
                      method=cfg.method, base=base_meta(self.init), **self.actor.meta,
                      params_part='actor',  # what eval, generate and export load
-                     reward={'directory': reward_from},
+                     reward={'directory': os.path.abspath(reward_from)},
                      pretrain_workdir=pretrain_workdir(self.init))
     self.tokens_per_step = config.train.batch_size * config.data.seq_len
     # Per iteration and token: rollout ~2N (sampling), scoring 4 forwards, training
