@@ -23,3 +23,18 @@ def fresh_workdir(prepared_workdir, path):
   for part in ('tokenizer', 'tfds'):
     shutil.copytree(os.path.join(prepared_workdir, part), os.path.join(path, part))
   return pathlib.Path(path)
+
+
+def tree_hashes(root):
+  """{relative path: sha256} of every file under `root` (folders map to None): a
+  workdir compared before and after a failing command must be unchanged."""
+  import hashlib
+  out = {}
+  for directory, subdirs, names in os.walk(root):
+    for name in subdirs:
+      out[os.path.relpath(os.path.join(directory, name), root) + '/'] = None
+    for name in names:
+      path = os.path.join(directory, name)
+      with open(path, 'rb') as f:
+        out[os.path.relpath(path, root)] = hashlib.sha256(f.read()).hexdigest()
+  return out

@@ -3,7 +3,6 @@ checks and shardings, and a sharded LoRA train step equal to one device's."""
 import math
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 import pytest
 from jax.sharding import PartitionSpec

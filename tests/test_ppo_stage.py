@@ -3,7 +3,6 @@ users know with KL exactly 0 at iteration 0, a bitwise resume after SIGKILL, the
 rollout equal to `decode.generate`, a toy reward that PPO raises, 8 simulated devices
 equal to 1, and bad input as one `error:` line with exit 2."""
 import contextlib
-import hashlib
 import json
 import math
 import os
@@ -17,6 +16,7 @@ import types
 import numpy as np
 import pytest
 
+from tests.cli_helpers import tree_hashes as _tree_hashes
 from tests.cli_helpers import REPO, fresh_workdir, run_cli
 
 pytestmark = pytest.mark.slow
@@ -51,18 +51,6 @@ def _state(workdir, step):
   import orbax.checkpoint as ocp
   return ocp.StandardCheckpointer().restore(
       os.path.join(workdir, 'checkpoints', str(step), 'state'))
-
-
-def _tree_hashes(root):
-  out = {}
-  for directory, subdirs, names in os.walk(root):
-    for name in subdirs:
-      out[os.path.relpath(os.path.join(directory, name), root) + '/'] = None
-    for name in names:
-      path = os.path.join(directory, name)
-      with open(path, 'rb') as f:
-        out[os.path.relpath(path, root)] = hashlib.sha256(f.read()).hexdigest()
-  return out
 
 
 def _one_line_error(result, fragment):

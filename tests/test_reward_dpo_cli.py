@@ -1,12 +1,12 @@
 """`run.py reward` / `run.py dpo` errors a user can cause: one `error:` line, exit 2,
 and the workdirs left as they were (an existing one unchanged, a new one not created)."""
-import hashlib
 import json
 import os
 import shutil
 
 import pytest
 
+from tests.cli_helpers import tree_hashes as _tree_hashes
 from tests.cli_helpers import fresh_workdir, run_cli
 
 pytestmark = pytest.mark.slow
@@ -24,18 +24,6 @@ def _one_line_error(result, fragment):
   assert lines[-1].startswith('error: ') and fragment in lines[-1], lines[-1]
   assert sum(l.startswith('error: ') for l in lines) == 1, lines
   assert not any('Traceback' in l for l in lines), result.stderr[-2000:]
-
-
-def _tree_hashes(root):
-  out = {}
-  for directory, subdirs, names in os.walk(root):
-    for name in subdirs:
-      out[os.path.relpath(os.path.join(directory, name), root) + '/'] = None
-    for name in names:
-      path = os.path.join(directory, name)
-      with open(path, 'rb') as f:
-        out[os.path.relpath(path, root)] = hashlib.sha256(f.read()).hexdigest()
-  return out
 
 
 def _jsonl(path, lines):
