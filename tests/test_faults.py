@@ -13,6 +13,7 @@ import subprocess
 import sys
 import time
 
+import jax
 import numpy as np
 import pytest
 
@@ -152,15 +153,21 @@ def _damage(step_dir, how):
   if how == 'metadata':
     open(os.path.join(step_dir, 'meta', 'metadata'), 'w').close()
     return
-  data = os.path.join(step_dir, 'state', 'ocdbt.process_0', 'd')
-  big = max((os.path.join(data, f) for f in os.listdir(data)), key=os.path.getsize)
-  size = os.path.getsize(big)
-  if how == 'truncated':
-    os.truncate(big, size // 2)
-  else:  # 8 KB of random bytes, size unchanged
-    with open(big, 'r+b') as f:
-      f.seek(size // 2)
-      f.write(np.random.default_rng(0).bytes(8192))
+  if how == 'truncated':  # every data file: which one holds the params varies per save
+    data = os.path.join(step_dir, 'state', 'ocdbt.process_0', 'd')
+    for name in os.listdir(data):
+      os.truncate(os.path.join(data, name), os.path.getsize(os.path.join(data, name)) // 2)
+    return
+  # Silent corruption that no file size or parser sees: one parameter value changed and the
+  # state rewritten as valid Orbax files, the metadata (with the fingerprints) kept.
+  import orbax.checkpoint as ocp
+  state_dir = os.path.join(step_dir, 'state')
+  checkpointer = ocp.StandardCheckpointer()
+  state = jax.tree.map(lambda x: np.array(x), checkpointer.restore(state_dir))
+  state['params']['block_0']['attn']['wq'][0, 0, 0] += 1.0
+  shutil.rmtree(state_dir)
+  checkpointer.save(state_dir, state)
+  checkpointer.wait_until_finished()
 
 
 @pytest.mark.slow

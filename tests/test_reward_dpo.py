@@ -403,7 +403,7 @@ def test_eval_on_reward_workdir_matches_recomputed_scores(reward_run, tmp_path):
   assert len(scores) == len(lines)
   assert scores[-2] == scores[0] and scores[-1] == scores[0]  # three spellings, one score
   chosen, rejected = scores[0:12:2], scores[1:12:2]
-  assert np.abs(chosen - rejected).min() > 1e-4  # no near-ties: the comparisons are stable
+  assert np.abs(chosen - rejected).min() > 1e-6  # no ties within float noise: stable comparisons
   right = chosen > rejected
   kinds = [p['kind'] for p in PAIRS]
   assert summary['accuracy'] == pytest.approx(right.mean(), abs=1e-12)
