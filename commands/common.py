@@ -42,9 +42,18 @@ def resume_flag():
                 'workdir (--noresume sets old steps aside).')
 
 
+def one_line(message, limit=1000):
+  """One line, always: causes quoted from libraries (TensorStore, Orbax) can span many."""
+  message = ' '.join(str(message).split())
+  return message if len(message) <= limit else message[:limit - 3] + '...'
+
+
 def fail(message, code=2):
-  print(f'error: {message}', file=sys.stderr, flush=True)
-  sys.exit(code)
+  """The one error line, then exit at once: at interpreter shutdown TensorStore's and
+  Orbax's threads can print tracebacks after it ('Event loop is closed')."""
+  print(f'error: {one_line(message)}', file=sys.stderr, flush=True)
+  sys.stdout.flush()
+  os._exit(code)
 
 
 def parse_flags(argv):
@@ -146,7 +155,7 @@ def run(module, argv):
     from engine import storage
     if isinstance(e, storage.StorageError):
       # Orbax's threads may still wait on the failed storage; exit without joining them
-      print(f'error: {e}', file=sys.stderr, flush=True)
+      print(f'error: {one_line(e)}', file=sys.stderr, flush=True)
       sys.stdout.flush()
       os._exit(2)
     fail(str(e))

@@ -12,6 +12,7 @@ import re
 import socket
 import sys
 import threading
+import time
 
 from configs.errors import UserError
 
@@ -96,11 +97,24 @@ def require_writable_dir(path, what='--workdir'):
     raise StorageError(f'cannot write in {what}={path}: {happened}; {fix}') from None
 
 
+LOST_PEER_WAIT_S = 45  # longer than the default heartbeat timeout (30 s)
+
+
 def save_failed(step, directory, exc):
+  if cause(exc) is None and _process_count() > 1:
+    # No storage cause: most likely another process is gone and the collective save
+    # failed with it. JAX's heartbeat check then ends this process naming the lost one,
+    # which says more than we can: give it the time (bounded), then say what we know.
+    time.sleep(LOST_PEER_WAIT_S)
   happened, fix = describe(exc)
   return StorageError(f'saving checkpoint {step} to {directory} failed: {happened}; {fix}. '
                       'Training stopped at this step; the checkpoints before it are intact, and '
                       'the next run resumes from the latest of them')
+
+
+def _process_count():
+  import jax
+  return jax.process_count()
 
 
 def check_free_space(directory, previous_step_dir):
