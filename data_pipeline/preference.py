@@ -145,3 +145,16 @@ def eval_batches(examples, rows):
     pad = rows - len(chunk)
     out.append({k: np.pad(v, [(0, pad)] + [(0, 0)] * (v.ndim - 1)) for k, v in batch.items()})
   return out
+
+
+def load_pairs(config, tokenizer, files, embedded_pairs, what):
+  """(examples, stats) of preference JSONL `files`, or of `embedded_pairs()` when none."""
+  pairs = read_pairs(files) if files else embedded_pairs()
+  examples, stats = tokenize_pairs(pairs, tokenizer, config.data.seq_len)
+  check_not_empty(examples, stats, what)
+  return examples, stats
+
+
+def rows_of(batch):
+  """(pairs, 2, T) fields → (2·pairs, T) rows, chosen and rejected interleaved."""
+  return {k: v.reshape((-1,) + v.shape[2:]) for k, v in batch.items() if k in ROW_FIELDS}

@@ -22,8 +22,6 @@ from engine.train_step import with_mesh
 from engine.trainer import Stage
 from engine.trainer import Trainer
 from evaluation import pair_scores
-from posttrain.reward import load_pairs
-from posttrain.reward import rows_of
 from posttrain.trainable import Trainable
 from posttrain.trainable import base_meta
 from posttrain.trainable import pretrain_workdir
@@ -33,7 +31,7 @@ from posttrain.trainable import start_model
 
 def sequence_logps(spec, model_params, batch):
   """(pairs, 2) float32: Σ log p(response token) for chosen and rejected."""
-  rows = rows_of(batch)
+  rows = preference.rows_of(batch)
   logits = spec.apply(model_params, rows['inputs'], rows['positions'], rows['segment_ids'])
   logp = jax.nn.log_softmax(logits.astype(jnp.float32), axis=-1)
   token = jnp.take_along_axis(logp, rows['targets'][..., None], axis=-1)[..., 0]
@@ -80,10 +78,10 @@ class DpoStage(Stage):
                                    keep_reference=True)
     self.param_shardings, self.init_params = t.param_shardings, t.init_params
     self.frozen, self.frozen_shardings = t.frozen, t.frozen_shardings
-    self.train_examples, self.train_stats = load_pairs(
+    self.train_examples, self.train_stats = preference.load_pairs(
         config, self.tokenizer, tuple(config.data.train_files),
         preference_embedded.train_pairs, 'the training pairs')
-    self.eval_examples, self.eval_stats = load_pairs(
+    self.eval_examples, self.eval_stats = preference.load_pairs(
         config, self.tokenizer, tuple(config.data.eval_files),
         preference_embedded.validation_pairs, 'the held-out pairs')
     self.tx = optimizer.make_optimizer(config.train)

@@ -25,23 +25,10 @@ from posttrain.trainable import check_resume
 from posttrain.trainable import start_model
 
 
-def load_pairs(config, tokenizer, files, embedded_pairs, what):
-  pairs = preference.read_pairs(files) if files else embedded_pairs()
-  examples, stats = preference.tokenize_pairs(pairs, tokenizer, config.data.seq_len)
-  preference.check_not_empty(examples, stats, what)
-  return examples, stats
-
-
-def rows_of(batch):
-  """(pairs, 2, T) fields → (2·pairs, T) rows, chosen and rejected interleaved."""
-  return {k: v.reshape((-1,) + v.shape[2:]) for k, v in batch.items()
-          if k in preference.ROW_FIELDS}
-
-
 def pair_scores_fn(spec, model_params_fn):
   """scores(params, frozen, batch) -> (pairs, 2) float32 rewards."""
   def scores(params, frozen, batch):
-    rows = rows_of(batch)
+    rows = preference.rows_of(batch)
     hidden = spec.hidden_states(model_params_fn(params['lm'], frozen), rows['inputs'],
                                 rows['positions'], rows['segment_ids'])
     return scalar_head.scores(params['head'], hidden, rows['segment_ids'])[:, 0].reshape(-1, 2)
@@ -81,10 +68,10 @@ class RewardStage(Stage):
     self.init_params = lambda key: {'lm': t.init_params(key), 'head': scalar_head.init(d)}
     self._start = None if t.start is None else {
         'lm': t.start, 'head': jax.device_put(scalar_head.init(d), self.param_shardings['head'])}
-    self.train_examples, self.train_stats = load_pairs(
+    self.train_examples, self.train_stats = preference.load_pairs(
         config, self.tokenizer, tuple(config.data.train_files),
         preference_embedded.train_pairs, 'the training pairs')
-    self.eval_examples, self.eval_stats = load_pairs(
+    self.eval_examples, self.eval_stats = preference.load_pairs(
         config, self.tokenizer, tuple(config.data.eval_files),
         preference_embedded.validation_pairs, 'the held-out pairs')
     self.tx = optimizer.make_optimizer(config.train)

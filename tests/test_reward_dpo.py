@@ -220,7 +220,7 @@ def test_reward_pairs_score_a_response_token(tiny_tokenizer, tmp_path):
                   '\n')
   config = tiny.get_config()
   config.data.seq_len = prompt_len + 1
-  examples, _ = reward.load_pairs(config, tiny_tokenizer, (str(path),), None, 'the pairs')
+  examples, _ = preference.load_pairs(config, tiny_tokenizer, (str(path),), None, 'the pairs')
   assistant = tiny_tokenizer.chat_ids['<|assistant|>']
   for e in examples:
     index = np.asarray(scalar_head.last_token_index(jnp.asarray(e['segment_ids']), 1))[:, 0]
