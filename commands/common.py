@@ -139,6 +139,8 @@ def run(module, argv):
   the command's main; a UserError anywhere is one `error:` line and exit 2."""
   if len(argv) > 2 and not getattr(module, 'TAKES_ARGS', False):
     fail(f'unexpected arguments {argv[2:]}; flags take the form --name=value')
+  from engine import storage
+  storage.install_quiet_hooks()  # every command reads checkpoints; a damaged one stays one line
   try:
     if getattr(module, 'RAW', False):  # launch: no config, no JAX here
       return module.main(argv)

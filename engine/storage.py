@@ -176,6 +176,8 @@ def install_quiet_hooks():
 
   sys.excepthook = lambda t, e, tb: None if closed_loop(e) else default_excepthook(t, e, tb)
   sys.unraisablehook = lambda u: None if closed_loop(u.exc_value) else default_unraisable(u)
+  default_thread_hook = threading.excepthook
+  threading.excepthook = lambda a: None if closed_loop(a.exc_value) else default_thread_hook(a)
 
 
 def quiet_after_failure():
