@@ -140,7 +140,9 @@ def test_disk_full_during_a_save(straight, tiny_workdir, tmp_path, size, failed)
   _one_line_error(open(tmp_path / 'err').read(), 2, int(rc), f'saving checkpoint {failed}',
                   'no space left')
   assert float(seconds) < 90
-  assert max(_metric_steps(workdir)) <= failed + 3  # stopped within a few steps
+  # Stopped before the next save: a background failure is seen within a few steps
+  # (how many depends on the machine's load) and at the latest when saving again.
+  assert max(_metric_steps(workdir)) < failed + 10
   shutil.rmtree(workdir / 'checkpoints')
   shutil.copytree(kept, workdir / 'checkpoints')
   assert _steps(workdir) == list(range(10, failed, 10))
