@@ -6,6 +6,18 @@ Tuples take repeated flags or a literal: `--config.data.train_files='(a.txt, b.j
 import ml_collections
 
 
+def _stage(*, steps, batch_size, learning_rate, warmup_steps, weight_decay, eval_every,
+           eval_batches, save_every_steps, seq_len, log_every=10):
+  """A post-training stage's own training keys (they replace train.*, checkpoint.*,
+  data.seq_len of the pretraining config when that stage runs)."""
+  return ml_collections.ConfigDict({
+      'train': {'steps': steps, 'batch_size': batch_size, 'learning_rate': learning_rate,
+                'warmup_steps': warmup_steps, 'weight_decay': weight_decay,
+                'eval_every': eval_every, 'eval_batches': eval_batches, 'log_every': log_every},
+      'checkpoint': {'save_every_steps': save_every_steps},
+      'data': {'seq_len': seq_len}})
+
+
 def get_config():
   config = ml_collections.ConfigDict()
   config.seed = 0  # the root of every random key (init, dropout-free sampling, data order)
@@ -43,7 +55,8 @@ def get_config():
   model.num_kv_heads = 6  # key/value heads (grouped-query attention when fewer)
   model.head_dim = 0  # 0 = d_model // num_heads
   model.mlp_dim = 1024  # SwiGLU hidden width
-  model.vocab_size = 8192  # must equal tokenizer.vocab_size
+  # One knob: model.vocab_size is tokenizer.vocab_size (a reference); setting either sets both.
+  model.vocab_size = tok.get_ref('vocab_size')
   model.max_seq_len = 1024  # longest context the model accepts
   model.tie_embeddings = False  # share the token embedding with the LM head
   model.rope_theta = 10000.0  # rotary embedding base
@@ -129,6 +142,23 @@ def get_config():
   ppo.missing_eot_penalty = 0.0  # subtracted from the score of an answer without end-of-turn
   ppo.repeat_penalty = 0.0  # subtracted from the score of an answer with a repeated 4-gram
   ppo.wrong_language_penalty = 0.0  # subtracted when the answer's language is not the prompt's
+
+  # `run.py pipeline`: the top-level train/data/checkpoint keys are pretraining's; each
+  # post-training stage replaces the keys below with its own (configs/stages.py). Defaults
+  # were tuned on the `tiny` preset (README's pipeline); scale them with the model.
+  config.pipeline = pipe = ml_collections.ConfigDict()
+  pipe.sft = _stage(steps=300, batch_size=16, learning_rate=1e-3, warmup_steps=20,
+                    weight_decay=0.0, eval_every=100, eval_batches=8, save_every_steps=100,
+                    seq_len=256)  # seq_len 256: ~95% of the embedded conversations fit
+  pipe.reward = _stage(steps=300, batch_size=16, learning_rate=1e-3, warmup_steps=20,
+                       weight_decay=0.0, eval_every=100, eval_batches=16, save_every_steps=100,
+                       seq_len=256)  # batch in pairs (two sequences each)
+  pipe.dpo = _stage(steps=200, batch_size=16, learning_rate=3e-4, warmup_steps=20,
+                    weight_decay=0.0, eval_every=100, eval_batches=16, save_every_steps=100,
+                    seq_len=256)  # batch in pairs
+  pipe.ppo = _stage(steps=40, batch_size=16, learning_rate=1e-4, warmup_steps=0,
+                    weight_decay=0.0, eval_every=0, eval_batches=8, save_every_steps=10,
+                    seq_len=128, log_every=1)  # steps = iterations, batch = prompts each
 
   config.hf = hf = ml_collections.ConfigDict()
   hf.parity_tolerance = 1e-3  # export/import fail above this max |logit difference|

@@ -1,11 +1,14 @@
-"""A model small enough for tests and a CPU demo in minutes (~1.5M params)."""
+"""A model small enough for tests and a CPU demo in minutes (~0.9M params).
+
+`run.py pipeline --config=configs/tiny.py` trains it through every stage; the
+post-training stages' own step counts and rates are `pipeline.<stage>` in configs/base.py.
+"""
 from configs import base
 
 
 def get_config():
   config = base.get_config()
-  config.tokenizer.vocab_size = 2048
-  config.model.vocab_size = 2048
+  config.tokenizer.vocab_size = 2048  # model.vocab_size follows
   config.model.num_layers = 2
   config.model.d_model = 128
   config.model.num_heads = 4
@@ -19,4 +22,8 @@ def get_config():
   config.train.warmup_steps = 50
   config.train.eval_every = 250
   config.checkpoint.save_every_steps = 250
+  config.reward.center_coef = 0.01  # TRL's value; keeps the tiny reward model's scores near 0
+  config.ppo.max_new_tokens = 32  # prompts get the other 96 tokens of pipeline.ppo's 128
+  config.ppo.missing_eot_penalty = 1.0  # the tiny SFT model forgets to stop; make it pay
+  config.ppo.repeat_penalty = 0.5
   return config

@@ -58,7 +58,6 @@ BAD_INPUTS = [
     (['--config.data.seq_len=4096'], ['exceeds model.max_seq_len']),
     (['--config.model.num_kv_heads=3'], ['not divisible by model.num_kv_heads']),
     (['--config.tokenizer.vocab_size=100', '--config.model.vocab_size=100'], ['too small']),
-    (['--config.model.vocab_size=4096'], ['differs from tokenizer.vocab_size']),
     (['--config.data.train_files=/no/such/file.txt'], ['does not exist']),
     (['--config.data.tfds_name=no_such_dataset'], ['no_such_dataset']),
     (['--config=configs/no_such_config.py'], ['cannot load --config']),
