@@ -1,7 +1,7 @@
 """Entry point: `python run.py <command> --config=configs/<file>.py --workdir=DIR`.
 
 Commands: tokenizer, prepare, pretrain, eval, generate, sft, reward, ppo, dpo,
-export, import, pipeline, launch, bench, describe. Each lives in commands/ with
+export, import, pipeline, launch, bench, describe, report. Each lives in commands/ with
 its own flags; any config key can be overridden with `--config.section.key=value`.
 Mistakes a user can fix end with one `error:` line and exit code 2.
 """

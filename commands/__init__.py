@@ -19,4 +19,5 @@ COMMANDS = {
     'launch': 'commands.launch',
     'bench': 'commands.bench',
     'describe': 'commands.describe',
+    'report': 'commands.report',
 }

@@ -160,6 +160,20 @@ def get_config():
                     weight_decay=0.0, eval_every=0, eval_batches=8, save_every_steps=10,
                     seq_len=128, log_every=1)  # steps = iterations, batch = prompts each
 
+  # `run.py report` (and the pipeline's last step): the evaluations behind the report card.
+  config.report = report = ml_collections.ConfigDict()
+  report.eval_prompts = 48  # held-out prompts each model answers greedily for the task table
+  report.max_new_tokens = 48  # longest answer, to held-out and to fixed prompts
+  report.prompts = (  # fixed prompts every model answers, side by side (zh and en)
+      '你好，请介绍一下你自己。', 'What is your favorite book?',
+      '李白《静夜思》中“床前明月光”的下一句是什么？', '成语“画蛇添足”是什么意思？',
+      'Give a short definition of the noun "river".',
+      'Who said this? "Art is a jealous mistress."')
+  report.temperature = 0.8  # the sampled answers to the fixed prompts (greedy ones beside them)
+  report.seed = 0  # key of those samples: the same for every model, so reruns match
+  report.bpb_batches = 0  # pretrained model's bits per byte: validation batches of 16 (0 = all)
+  report.xz_train_mib = 64  # xz baseline: tail of the training text kept (xz's dictionary size)
+
   config.hf = hf = ml_collections.ConfigDict()
   hf.parity_tolerance = 1e-3  # export/import fail above this max |logit difference|
   hf.parity_sequences = 4  # random token sequences the parity check runs

@@ -1,0 +1,107 @@
+"""Training curves as PNG files (matplotlib, no display needed).
+
+One figure per stage, one panel per metric, each a line over the logged steps.
+Labels stay ASCII: matplotlib's bundled font has no CJK glyphs.
+"""
+import os
+
+import matplotlib
+
+matplotlib.use('Agg')
+import matplotlib.pyplot as plt  # pylint: disable=g-import-not-at-top
+
+# stage: (figure title, [(panel title, [(metrics.jsonl key, legend label), ...]), ...])
+CURVES = {
+    'pretrain': ('Pretraining', [
+        ('loss', [('loss', 'train loss'), ('eval_loss', 'validation loss')]),
+        ('validation perplexity', [('eval_perplexity', 'validation')])]),
+    'sft': ('SFT', [
+        ('loss (assistant tokens)', [('loss', 'train'), ('eval_loss', 'held-out')]),
+        ('pretraining perplexity (forgetting)', [('pretrain_perplexity', 'validation')])]),
+    'reward': ('Reward model', [
+        ('preference accuracy', [('accuracy', 'train batch'), ('eval_accuracy', 'held-out')]),
+        ('margin', [('margin', 'train batch'), ('eval_margin', 'held-out')])]),
+    'ppo': ('PPO', [
+        ('score', [('objective/scores', 'score'),
+                   ('objective/reward_model_score', 'reward model')]),
+        ('KL to reference', [('objective/kl', 'KL')]),
+        ('entropy', [('objective/entropy', 'entropy')]),
+        ('response length (tokens)', [('response_length', 'mean')])]),
+    'dpo': ('DPO', [
+        ('reward margin', [('rewards/margins', 'train batch'), ('eval_margin', 'held-out')]),
+        ('reward accuracy', [('rewards/accuracies', 'train batch'),
+                             ('eval_accuracy', 'held-out')])]),
+}
+
+
+def series(rows, key):
+  """(steps, values) of one metric, the last record of a step winning."""
+  points = {}
+  for row in rows:
+    value = row.get(key)
+    if isinstance(value, (int, float)) and value == value:  # skip NaN
+      points[row['step']] = float(value)
+  steps = sorted(points)
+  return steps, [points[s] for s in steps]
+
+
+def plot_panels(path, title, panels, rows):
+  """Writes one PNG with a panel per entry that has data; returns the panel titles drawn
+  (none drawn: no file, an empty list)."""
+  drawn = [(name, [(key, label, *series(rows, key)) for key, label in lines])
+           for name, lines in panels]
+  drawn = [(name, [line for line in lines if line[2]]) for name, lines in drawn]
+  drawn = [(name, lines) for name, lines in drawn if lines]
+  if not drawn:
+    return []
+  fig, axes = plt.subplots(1, len(drawn), figsize=(4.2 * len(drawn), 3.2), squeeze=False)
+  for ax, (name, lines) in zip(axes[0], drawn):
+    for key, label, steps, values in lines:
+      ax.plot(steps, values, marker='o' if len(steps) < 12 else None, markersize=3,
+              label=label)
+    ax.set_title(name, fontsize=10)
+    ax.set_xlabel('step')
+    ax.grid(alpha=0.3)
+    if len(lines) > 1:
+      ax.legend(fontsize=8)
+  fig.suptitle(title, fontsize=12)
+  fig.tight_layout()
+  os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+  fig.savefig(path, dpi=90)
+  plt.close(fig)
+  return [name for name, _ in drawn]
+
+
+def stage_curves(out_dir, stages):
+  """{stage: {'image': file name beside the page, 'panels': [...]}} for the stages whose
+  metrics.jsonl has something to draw."""
+  images = {}
+  for stage, (title, panels) in CURVES.items():
+    rows = (stages.get(stage) or {}).get('metrics') or []
+    name = f'curves_{stage}.png'
+    drawn = plot_panels(os.path.join(out_dir, name), title, panels, rows)
+    if drawn:
+      images[stage] = {'image': name, 'panels': drawn}
+    elif os.path.exists(os.path.join(out_dir, name)):
+      os.remove(os.path.join(out_dir, name))  # an old run's curves: not this one's
+  return images
+
+
+def bits_per_byte_chart(path, bars):
+  """Horizontal bars [(label, bits per byte)]; lower is better."""
+  bars = [(label, value) for label, value in bars if value is not None]
+  if not bars:
+    return False
+  fig, ax = plt.subplots(figsize=(6.5, 0.6 + 0.5 * len(bars)))
+  labels, values = zip(*bars)
+  ax.barh(range(len(bars)), values, color=['#4c72b0', '#999999', '#dd8452'][:len(bars)])
+  ax.set_yticks(range(len(bars)), labels)
+  ax.invert_yaxis()
+  for i, value in enumerate(values):
+    ax.text(value, i, f' {value:.3f}', va='center', fontsize=9)
+  ax.set_xlim(0, max(values) * 1.2)
+  ax.set_xlabel('bits per byte of the validation text (lower is better)')
+  fig.tight_layout()
+  fig.savefig(path, dpi=90)
+  plt.close(fig)
+  return True
