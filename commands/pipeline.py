@@ -1,13 +1,181 @@
-"""`run.py pipeline`: tokenizer → prepare → pretrain in one workdir."""
-from commands import common
+"""`run.py pipeline`: raw text to an aligned chat model in one command.
 
-RESUME = common.resume_flag()
+tokenizer → prepare → pretrain → sft → reward → ppo, and dpo from the same SFT
+model, then the report card; each training stage in WORKDIR/<stage>/, a normal
+workdir for eval, generate and export. Running the command again continues:
+finished stages are skipped (if their config did not change in a way that
+matters), an interrupted one resumes from its checkpoint.
+"""
+import os
+import signal
+import time
+
+from absl import flags
+
+from commands import common
+from commands import pipeline_record
+from commands import pipeline_stages as stages_lib
+from configs import stages as stage_configs
+from configs import validate as validate_lib
+from configs.errors import UserError
+
+STAGES = flags.DEFINE_list('stages', list(stages_lib.ORDER), 'Stages to run, a subset of '
+                           f'{",".join(stages_lib.ORDER)} (always run in that order).')
+INIT_FROM = common.define('string', 'init_from', None, 'A pretraining workdir to start the '
+                          'post-training stages from instead of WORKDIR/pretrain.')
+
+
+class Stopped(BaseException):
+  """SIGTERM/SIGINT outside a training loop (those stop at a step boundary themselves)."""
+
+
+def _raise_stopped(signum, _):
+  raise Stopped(signal.Signals(signum).name)
+
+
+def _selected():
+  unknown = [s for s in STAGES.value if s not in stages_lib.ORDER]
+  if unknown or not STAGES.value:
+    raise UserError(f'--stages={",".join(STAGES.value)}: unknown stage {unknown[0] if unknown else "(none)"}; '
+                    f'choose from {",".join(stages_lib.ORDER)}')
+  return [s for s in stages_lib.ORDER if s in STAGES.value]
+
+
+def _folders(workdir):
+  folders = {s: os.path.join(workdir, f) for s, f in stages_lib.FOLDER.items()}
+  if INIT_FROM():
+    pretrained = os.path.abspath(INIT_FROM())
+    if not os.path.isdir(os.path.join(pretrained, 'checkpoints')):
+      raise UserError(f'--init_from={INIT_FROM()} has no checkpoints/; give a pretraining '
+                      'workdir')
+    for s in ('tokenizer', 'prepare', 'pretrain'):
+      folders[s] = pretrained
+  return folders
+
+
+def _final_checkpoint(folder, step):
+  return os.path.isdir(os.path.join(folder, 'checkpoints', str(step)))
+
+
+def _latest_checkpoint(folder):
+  directory = os.path.join(folder, 'checkpoints')
+  steps = [int(n) for n in os.listdir(directory) if n.isdigit()] if os.path.isdir(directory) else []
+  return max(steps) if steps else None
+
+
+class Plan:
+  """Decides, before any work, which stages run and which are skipped, so a changed
+  config or a missing start is one error line with nothing touched."""
+
+  def __init__(self, config, workdir, record, selected, folders):
+    self.configs = {s: stage_configs.for_stage(config, s) for s in stages_lib.ORDER}
+    self.record, self.folders = record, folders
+    self.digests, self.keys, self.actions = {}, {}, {}
+    for name in stages_lib.ORDER:
+      if name in stages_lib.TRAINED:
+        try:
+          validate_lib.validate(self.configs[name])
+        except UserError as e:
+          raise UserError(f'stage {name}: {e} (its keys are pipeline.{name}.*)') from None
+      self.keys[name] = pipeline_record.shaping_keys(name, self.configs[name])
+      self.digests[name] = self._decide(name, name in selected)
+
+  def _upstream_digests(self, name):
+    return [self.digests[u] for u in stages_lib.NEEDS[name]]
+
+  def _decide(self, name, selected):
+    """Sets self.actions[name] to 'run' or 'skip' (or nothing: not selected, not needed)
+    and returns the digest the stage's result has (None: it has none yet)."""
+    if name == 'report':
+      self.actions[name] = 'run' if selected else None
+      return None
+    folder, entry = self.folders[name], self.record.stage(name)
+    external = INIT_FROM() and name in ('tokenizer', 'prepare', 'pretrain')
+    if external:  # the user's own pretraining run: taken as it is
+      if selected:
+        raise UserError(f'--init_from gives the pretrained model; drop {name} from --stages')
+      return f'external:{folder}:{_latest_checkpoint(folder)}'
+    upstream = self._upstream_digests(name)
+    missing = [u for u, d in zip(stages_lib.NEEDS[name], upstream) if d is None]
+    digest = None if missing else pipeline_record.digest(self.keys[name], upstream)
+    done = entry and entry.get('status') == 'done' and (
+        name not in stages_lib.TRAINED or _final_checkpoint(folder, entry.get('step', -1)))
+    if done:
+      if entry.get('digest') == digest:
+        self.actions[name] = 'skip' if selected else None
+        return digest
+      changed = pipeline_record.changed_keys(entry.get('keys', {}), self.keys[name])
+      why = (f'with other settings ({changed})' if changed else
+             f'from another {"/".join(stages_lib.NEEDS[name])} result')
+      raise UserError(f'{folder} finished {why}; use a new --workdir, or delete {folder} and the '
+                      'stages after it to redo them')
+    if not selected:
+      if name in stages_lib.TRAINED and _latest_checkpoint(folder) is not None and not entry:
+        return f'external:{folder}:{_latest_checkpoint(folder)}'  # trained by hand
+      return None
+    if missing:
+      raise UserError(f'{name} starts from {"/".join(missing)}, which has not finished in '
+                      f'{self.folders[missing[0]]}; add {missing[0]} to --stages')
+    self.actions[name] = 'run'
+    return digest
+
+
+def _clock(seconds):
+  return f'{int(seconds // 60)}m{int(seconds % 60):02d}s'
+
 
 def main(config, workdir):
-  from data_pipeline import commands as data_commands
-  from engine import distributed
-  from pretrain import trainer
-  distributed.on_first_process(lambda: (data_commands.run_tokenizer(config, workdir),
-                                        data_commands.run_prepare(config, workdir)))
-  trainer.run_pretrain(config, workdir, resume=RESUME(),
-                       on_ready=common.on_ready(config, workdir))
+  import jax
+  primary = jax.process_index() == 0
+  selected = _selected()
+  folders = _folders(workdir)
+  record = pipeline_record.Record(workdir, writer=primary)
+  plan = Plan(config, workdir, record, selected, folders)
+  if primary:
+    os.makedirs(workdir, exist_ok=True)
+    record.data.update(commit=pipeline_record.commit(), config=config.to_dict())
+    record.save()
+  say = (lambda line: print(f'pipeline: {line}', flush=True)) if primary else (lambda _: None)
+  current = {'stage': None, 'start': time.time()}
+  signal.signal(signal.SIGTERM, _raise_stopped)
+  signal.signal(signal.SIGINT, _raise_stopped)
+  try:
+    for name in stages_lib.ORDER:
+      action = plan.actions.get(name)
+      if action == 'skip':
+        entry = record.stage(name)
+        say(f'{name} already done ({stages_lib.describe(name, entry.get("summary", {}))}); '
+            'skipped')
+      if action != 'run':
+        continue
+      current.update(stage=name, start=time.time())
+      stage_config = plan.configs[name]
+      record.update(name, status='running', folder=folders[name])
+      result = stages_lib.run(name, stage_config, workdir, folders,
+                              common.on_ready(stage_config, folders[name]))
+      signal.signal(signal.SIGTERM, _raise_stopped)  # a trainer leaves its own handlers
+      signal.signal(signal.SIGINT, _raise_stopped)
+      wall = time.time() - current['start'] + (record.stage(name).get('wall_s') or 0.0)
+      numbers = stages_lib.summary(name, result)
+      finished = name not in stages_lib.TRAINED or result['step'] >= stage_config.train.steps
+      if not finished:  # SIGTERM/SIGINT inside the training loop: the trainer saved
+        record.update(name, status='stopped', step=result['step'], wall_s=wall)
+        say(f'stopped in {name} at step {result["step"]} of {stage_config.train.steps} (saved); '
+            'run the same command again to continue')
+        return
+      record.update(name, status='done', step=result.get('step'), wall_s=wall, summary=numbers,
+                    digest=plan.digests[name], keys=plan.keys[name])
+      say(f'{name} done in {_clock(wall)}: {stages_lib.describe(name, numbers)}')
+  except Stopped as stop:
+    name, where = current['stage'], ''
+    if name:
+      wall = time.time() - current['start'] + ((record.stage(name) or {}).get('wall_s') or 0.0)
+      step = _latest_checkpoint(folders[name]) if name in stages_lib.TRAINED else None
+      record.update(name, status='stopped', step=step, wall_s=wall)
+      where = f' in {name}' + (f' (last checkpoint: step {step})' if step is not None else '')
+    say(f'{stop} received{where}; nothing is lost: run the same command again to continue')
+    return
+  total = sum((record.stage(s) or {}).get('wall_s') or 0.0 for s in selected)
+  report = os.path.join(workdir, 'report', 'index.html')
+  say(f'{",".join(selected)}: done, {_clock(total)} of stage time'
+      + (f'; report: {report}' if 'report' in selected else ''))

@@ -16,12 +16,12 @@ def get_config():
   config.model.mlp_dim = 384
   config.model.max_seq_len = 256
   config.data.seq_len = 128
-  config.train.steps = 1000
+  config.train.steps = 1500  # 1,000 steps end at 2.26 bits/byte, above xz (2.24); 1,500 reach 2.16
   config.train.batch_size = 16
   config.train.learning_rate = 3e-3
   config.train.warmup_steps = 50
-  config.train.eval_every = 250
-  config.checkpoint.save_every_steps = 250
+  config.train.eval_every = 500
+  config.checkpoint.save_every_steps = 500
   config.reward.center_coef = 0.01  # TRL's value; keeps the tiny reward model's scores near 0
   config.ppo.max_new_tokens = 32  # prompts get the other 96 tokens of pipeline.ppo's 128
   config.ppo.missing_eot_penalty = 1.0  # the tiny SFT model forgets to stop; make it pay

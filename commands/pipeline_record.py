@@ -1,0 +1,104 @@
+"""WORKDIR/pipeline.json: which stages finished, with what config, in how long.
+
+A finished stage is skipped when the pipeline runs again, but only if the keys
+that shape its result (and those of the stages it starts from) are unchanged;
+otherwise the run stops before any work with a line naming the changed keys.
+Keys that only change logging, evaluation cadence, checkpointing or the mesh
+never count: a resumed run may change them.
+"""
+import hashlib
+import json
+import os
+import subprocess
+
+from configs.errors import UserError
+
+FILE = 'pipeline.json'
+# The config sections whose values shape each stage's result.
+SECTIONS = {
+    'tokenizer': ('data', 'tokenizer'),
+    'prepare': ('data', 'tokenizer'),
+    'pretrain': ('seed', 'data', 'tokenizer', 'model', 'train'),
+    'sft': ('seed', 'data', 'train', 'sft'),
+    'reward': ('seed', 'data', 'train', 'sft', 'reward'),
+    'dpo': ('seed', 'data', 'train', 'sft', 'dpo'),
+    'ppo': ('seed', 'data', 'train', 'sft', 'ppo'),
+}
+IGNORED = ('train.log_every', 'train.eval_every', 'train.eval_batches', 'train.stop_after',
+           'train.peak_tflops', 'data.num_threads', 'data.prefetch', 'sft.eval_prompts',
+           'sft.max_new_tokens')
+
+
+def _flat(tree, prefix=''):
+  out = {}
+  for key, value in tree.items():
+    if isinstance(value, dict):
+      out.update(_flat(value, f'{prefix}{key}.'))
+    else:
+      out[f'{prefix}{key}'] = list(value) if isinstance(value, tuple) else value
+  return out
+
+
+def shaping_keys(stage, stage_config):
+  """The dotted keys and values of `stage_config` that shape `stage`'s result."""
+  tree = json.loads(stage_config.to_json())
+  keys = _flat({s: tree[s] for s in SECTIONS.get(stage, ())})
+  return {k: v for k, v in keys.items() if k not in IGNORED}
+
+
+def digest(keys, upstream_digests):
+  text = json.dumps([keys, sorted(upstream_digests)], sort_keys=True)
+  return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
+def commit():
+  """The code's git commit (with '+changes' when the tree differs), or None."""
+  here = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+  try:
+    head = subprocess.run(['git', 'rev-parse', '--short=12', 'HEAD'], cwd=here, text=True,
+                          capture_output=True, timeout=10, check=True).stdout.strip()
+    dirty = subprocess.run(['git', 'status', '--porcelain', '--untracked-files=no'], cwd=here,
+                           text=True, capture_output=True, timeout=10).stdout.strip()
+  except (OSError, subprocess.SubprocessError):
+    return None
+  return head + ('+changes' if dirty else '')
+
+
+class Record:
+  """The pipeline.json of one workdir; every write replaces the file atomically."""
+
+  def __init__(self, workdir, writer=True):
+    self.path = os.path.join(workdir, FILE)
+    self.writer = writer
+    self.data = {'stages': {}}
+    if os.path.exists(self.path):
+      try:
+        with open(self.path) as f:
+          self.data = json.load(f)
+        self.data.setdefault('stages', {})
+      except (OSError, ValueError) as e:
+        raise UserError(f'{self.path} is unreadable ({e}); restore it, or delete it and the '
+                        'stage folders to start the pipeline again') from None
+
+  def stage(self, name):
+    return self.data['stages'].get(name)
+
+  def update(self, name, **fields):
+    entry = self.data['stages'].setdefault(name, {})
+    entry.update(fields)
+    self.save()
+
+  def save(self):
+    if not self.writer:
+      return
+    tmp = self.path + '.tmp'
+    with open(tmp, 'w') as f:
+      json.dump(self.data, f, indent=1, ensure_ascii=False)
+    os.replace(tmp, self.path)
+
+
+def changed_keys(old, new, limit=3):
+  """'a.b 1 -> 2, ...' for the keys whose values differ."""
+  names = sorted(k for k in set(old) | set(new) if old.get(k) != new.get(k))
+  text = ', '.join(f'{k} {old.get(k)!r} -> {new.get(k)!r}' for k in names[:limit])
+  return text + (f' and {len(names) - limit} more' if len(names) > limit else '')
