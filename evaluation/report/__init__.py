@@ -15,6 +15,7 @@ import time
 from evaluation.report import collect
 from evaluation.report import plots
 from evaluation.report import render
+from evaluation.report import tables
 from evaluation.report import xz_baseline
 
 MODEL_STAGES = ('pretrain', 'sft', 'dpo', 'ppo')
@@ -83,7 +84,11 @@ def build_report(workdir, config=None, log=print):
     done_now.append(line)
     log(line)
   collected = collect.collect(workdir)
-  config = config if config is not None else default_config(collected['pipeline'])
+  if config is None:
+    config = default_config(collected['pipeline'])
+  elif 'report' not in config:  # a config file not built on configs/base.py
+    config = config.copy_and_resolve_references()
+    config.report = default_config(None).report
   stages = collected['stages']
   out_dir = os.path.join(workdir, 'report')
   cache_dir = os.path.join(out_dir, 'cache')
@@ -110,7 +115,8 @@ def build_report(workdir, config=None, log=print):
   report = {
       'workdir': collected['workdir'], 'commit': collected['commit'],
       'commit_source': collected['commit_source'],
-      'stages': {s: {k: v for k, v in r.items() if k not in ('metrics', 'config')}
+      'stages': {s: dict({k: v for k, v in r.items() if k not in ('metrics', 'config')},
+                         **({'key_number': tables.key_number(s, r)} if 'metrics' in r else {}))
                  for s, r in stages.items()},
       'models': models, 'reward_error': rewards.get('error'), 'bits_per_byte': bits,
       'curves': curves, 'images': images,

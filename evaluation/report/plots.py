@@ -9,6 +9,7 @@ import matplotlib
 
 matplotlib.use('Agg')
 import matplotlib.pyplot as plt  # pylint: disable=g-import-not-at-top
+from matplotlib import ticker  # pylint: disable=g-import-not-at-top
 
 # stage: (figure title, [(panel title, [(metrics.jsonl key, legend label), ...]), ...])
 CURVES = {
@@ -45,6 +46,17 @@ def series(rows, key):
   return steps, [points[s] for s in steps]
 
 
+def log_scale(ax):
+  """A log y axis labelled 200, 500, 1000, 2000 (not 2x10^2)."""
+  ax.set_yscale('log')
+
+  def label(value, _):
+    leading = f'{value:.0e}'[0]
+    return f'{value:g}' if leading in '125' else ''
+  ax.yaxis.set_major_formatter(ticker.FuncFormatter(label))
+  ax.yaxis.set_minor_formatter(ticker.FuncFormatter(label))
+
+
 def plot_panels(path, title, panels, rows):
   """Writes one PNG with a panel per entry that has data; returns the panel titles drawn
   (none drawn: no file, an empty list)."""
@@ -54,13 +66,22 @@ def plot_panels(path, title, panels, rows):
   drawn = [(name, lines) for name, lines in drawn if lines]
   if not drawn:
     return []
-  fig, axes = plt.subplots(1, len(drawn), figsize=(4.2 * len(drawn), 3.2), squeeze=False)
-  for ax, (name, lines) in zip(axes[0], drawn):
+  # At most two panels a row: every figure keeps the page's width and its labels' size.
+  cols, rows_of_panels = min(2, len(drawn)), -(-len(drawn) // 2)
+  fig, axes = plt.subplots(rows_of_panels, cols, figsize=(4.2 * cols, 0.4 + 2.9 * rows_of_panels),
+                           squeeze=False)
+  for ax in axes.flat[len(drawn):]:
+    ax.set_visible(False)
+  for ax, (name, lines) in zip(axes.flat, drawn):
     for key, label, steps, values in lines:
       ax.plot(steps, values, marker='o' if len(steps) < 12 else None, markersize=3,
               label=label)
     ax.set_title(name, fontsize=10)
     ax.set_xlabel('step')
+    ax.xaxis.set_major_locator(ticker.MaxNLocator(integer=True))
+    values = [v for line in lines for v in line[3]]
+    if 'perplexity' in name and min(values) > 0 and max(values) > 5 * min(values):
+      log_scale(ax)  # it falls by orders of magnitude early on
     ax.grid(alpha=0.3)
     if len(lines) > 1:
       ax.legend(fontsize=8)

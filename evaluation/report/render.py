@@ -14,9 +14,10 @@ h1{font-size:24px}h2{font-size:19px;margin-top:32px;border-bottom:1px solid #ccc
 table{border-collapse:collapse;margin:8px 0;font-size:13px}
 th,td{border:1px solid #ccc;padding:4px 7px;vertical-align:top;text-align:left}
 th{background:#f2f2f2}td.num{text-align:right;font-variant-numeric:tabular-nums}
-td.text{white-space:pre-wrap;max-width:420px;font-family:monospace,'Noto Sans Mono CJK SC';
-font-size:12px;tab-size:4}
+td.text{white-space:pre-wrap;overflow-wrap:anywhere;font-size:12px;tab-size:4;
+font-family:monospace,'Noto Sans Mono CJK SC'}
 .note{color:#555;font-size:13px;max-width:1000px}img{max-width:100%;border:1px solid #eee}
+table.answers{table-layout:fixed;width:100%}table.answers th:first-child{width:110px}
 pre{background:#f7f7f7;padding:8px;font-size:12px;overflow-x:auto}
 """
 CONTROL = re.compile(r'[\x00-\x08\x0b-\x1f\x7f]')
@@ -31,7 +32,7 @@ def is_number(cell):
   return bool(re.fullmatch(r'-?[\d,.]+( / -?[\d.]+)?[a-zA-Z%]*( MiB| s| min)?', cell))
 
 
-def html_table(headers, rows, text_columns=()):
+def html_table(headers, rows, text_columns=(), css_class=None):
   head = ''.join(f'<th>{html.escape(h)}</th>' for h in headers)
   body = []
   for row in rows:
@@ -40,7 +41,8 @@ def html_table(headers, rows, text_columns=()):
       kind = 'text' if i in text_columns else 'num' if is_number(cell) else ''
       cells.append(f'<td class="{kind}">{html.escape(clean(cell))}</td>')
     body.append('<tr>' + ''.join(cells) + '</tr>')
-  return f'<table><tr>{head}</tr>{"".join(body)}</table>'
+  opening = f'<table class="{css_class}">' if css_class else '<table>'
+  return f'{opening}<tr>{head}</tr>{"".join(body)}</table>'
 
 
 def prompt_rows(report, item):
@@ -84,7 +86,7 @@ def write_html(path, report):
     rows = prompt_rows(report, item)
     parts.append(f'<h3>{html.escape(item["prompt"])}</h3>')
     parts.append(html_table(['model', 'greedy', f'temperature {settings["temperature"]}'],
-                            rows, text_columns=(1, 2)) if rows else
+                            rows, text_columns=(1, 2), css_class='answers') if rows else
                  '<p class="note">no model evaluated.</p>')
   parts.append('<h2>Config</h2><details><summary>resolved config</summary><pre>'
                + html.escape(json.dumps(report['config'], indent=1, ensure_ascii=False))
@@ -111,7 +113,7 @@ def write_markdown(path, report):
   for title, note, headers, rows in tables.all_tables(report):
     lines += [f'## {title}', '', note, '', md_table(headers, rows), '']
   lines += ['## Training curves', '']
-  lines += [f'![{stage}]({c["image"]})' for stage, c in report['curves'].items()]
+  lines += [f'![{stage}]({c["image"]})\n' for stage, c in report['curves'].items()]
   lines += ['', '## Fixed prompts', '',
             f'Greedy, and sampled at temperature {settings["temperature"]} (seed '
             f'{settings["seed"]}).', '']
@@ -119,6 +121,8 @@ def write_markdown(path, report):
     lines += [f'### {md_cell(item["prompt"])}', '',
               md_table(['model', 'greedy', f'T={settings["temperature"]}'],
                        prompt_rows(report, item)), '']
+  lines += ['## Config', '', '<details><summary>resolved config</summary>', '', '```json',
+            json.dumps(report['config'], indent=1, ensure_ascii=False), '```', '</details>']
   with open(path, 'w') as f:
     f.write('\n'.join(lines) + '\n')
 

@@ -53,8 +53,8 @@ def model_table(models):
   note = ('Held-out chat split: loss on assistant tokens; exact match (EM) and F1 of greedy '
           'answers against the references, by answer language; the share of answers in the '
           'expected language, ending with end-of-turn, repeating a 4-gram; the reward '
-          'model\'s mean score of those answers; the pretraining validation perplexity '
-          '(its rise after pretraining is forgetting).')
+          'model\'s mean score of those answers; the pretraining validation perplexity on its '
+          'first 16 batches (its rise after pretraining is forgetting).')
   return 'Models', note, headers, rows
 
 
@@ -76,9 +76,23 @@ def task_table(models):
   return 'Task metrics', 'Exact match / F1 of the greedy answers per task.', headers, rows
 
 
+# stage: (metrics.jsonl key of its key number, label, digits)
+KEY_NUMBERS = {'pretrain': ('eval_perplexity', 'validation perplexity', 2),
+               'sft': ('eval_loss', 'held-out loss', 3),
+               'reward': ('eval_accuracy', 'held-out accuracy', 3),
+               'dpo': ('eval_accuracy', 'held-out accuracy', 3),
+               'ppo': ('objective/scores', 'score', 3)}
+
+
+def key_number(stage, stage_record):
+  key, label, digits = KEY_NUMBERS[stage]
+  values = [r[key] for r in stage_record.get('metrics') or [] if key in r]
+  return f'{label} {num(values[-1], digits)}' if values else '-'
+
+
 def stage_table(stages):
-  headers = ['stage', 'status', 'steps', 'wall time', 'tokens/s', 'MFU', 'parameters',
-             'method', 'latest checkpoint', 'all checkpoints']
+  headers = ['stage', 'status', 'steps', 'last logged', 'wall time', 'tokens/s', 'MFU',
+             'parameters', 'method', 'latest checkpoint', 'all checkpoints']
   rows = []
   for stage, name in STAGE_NAMES.items():
     s = stages.get(stage) or {'status': 'not run'}
@@ -91,9 +105,13 @@ def stage_table(stages):
     wall = duration(s.get('wall_s'))
     if s.get('wall_source') == 'file times':
       wall += ' (from file times)'
-    rows.append([name, s['status'], steps, wall, num(s.get('tokens_per_s'), 0),
+    rows.append([name, s['status'], steps, s.get('key_number') or '-', wall,
+                 num(s.get('tokens_per_s'), 0),
                  percent(s.get('mfu')), count(s.get('params')), s.get('method') or '-',
                  mib(s.get('checkpoint_bytes')), mib(s.get('checkpoints_total_bytes'))])
+  walls = [s.get('wall_s') for s in stages.values() if s.get('wall_s') is not None]
+  if walls:
+    rows.append(['all stages', '', '', '', duration(sum(walls))] + [''] * (len(headers) - 5))
   note = ('Throughput and MFU: medians over the logged steps. Wall time: the stage\'s own '
           'run (from pipeline.json when the pipeline wrote it).')
   return 'Stages', note, headers, rows
