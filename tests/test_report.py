@@ -28,7 +28,8 @@ def direct_xz_bits(train, val):
 
 
 def test_xz_baseline_is_the_extra_bytes_of_lzma(tmp_path):
-  train = 'The quick brown fox jumps over the lazy dog.\n\n' * 40 + '床前明月光，疑是地上霜。\n\n'
+  train = ('The quick brown fox jumps over the lazy dog.\n\n' * 40
+           + '床前明月光，疑是地上霜。\n\n')
   val = 'The quick brown fox jumps over a lazy cat.\n\n举头望明月，低头思故乡。\n\n'
   expected = direct_xz_bits(train.encode(), val.encode())
   result = xz_baseline.cached_baseline(train, val, str(tmp_path))

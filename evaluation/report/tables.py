@@ -33,7 +33,7 @@ def count(value):
   return f'{value / 1e6:.2f}M' if value >= 1e6 else f'{value:,}'
 
 
-def model_table(models):
+def model_table(models, reward_error=None):
   headers = ['model', 'step', 'chat loss', 'EM zh', 'F1 zh', 'EM en', 'F1 en', 'answer lang ok',
              'end-of-turn', 'repeat 4-gram', 'reward-model score', 'pretrain ppl']
   rows = []
@@ -55,6 +55,8 @@ def model_table(models):
           'expected language, ending with end-of-turn, repeating a 4-gram; the reward '
           'model\'s mean score of those answers; the pretraining validation perplexity on its '
           'first 16 batches (its rise after pretraining is forgetting).')
+  if reward_error:
+    note += f' No reward-model scores: {reward_error}'
   return 'Models', note, headers, rows
 
 
@@ -135,6 +137,6 @@ def bits_table(bits):
 
 
 def all_tables(report):
-  tables = [model_table(report['models']), task_table(report['models']),
+  tables = [model_table(report['models'], report.get('reward_error')), task_table(report['models']),
             bits_table(report['bits_per_byte']), stage_table(report['stages'])]
   return [t for t in tables if t is not None]
