@@ -10,8 +10,13 @@ from configs.errors import UserError
 from configs.validate import validate
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-CONFIG = config_flags.DEFINE_config_file(
-    'config', os.path.join(REPO, 'configs', 'base.py'), 'Config file (configs/<name>.py).')
+try:  # without --config, the default file's overrides are applied here, at definition
+  CONFIG = config_flags.DEFINE_config_file(
+      'config', os.path.join(REPO, 'configs', 'base.py'), 'Config file (configs/<name>.py).')
+except (AttributeError, KeyError) as e:
+  print(f'error: unknown config key {str(e).strip().strip(chr(34) + chr(39))!r} in a --config.* '
+        'override; see configs/base.py for the keys', file=sys.stderr)
+  sys.exit(2)
 WORKDIR = flags.DEFINE_string('workdir', None, 'Directory for everything a run produces.')
 JSON = flags.DEFINE_bool('json', False, 'Print one JSON object as the last stdout line.')
 HEARTBEAT_TIMEOUT = flags.DEFINE_integer('heartbeat_timeout', 30, 'Multi-process: seconds '

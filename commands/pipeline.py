@@ -176,6 +176,4 @@ def main(config, workdir):
     say(f'{stop} received{where}; nothing is lost: run the same command again to continue')
     return
   total = sum((record.stage(s) or {}).get('wall_s') or 0.0 for s in selected)
-  report = os.path.join(workdir, 'report', 'index.html')
-  say(f'{",".join(selected)}: done, {_clock(total)} of stage time'
-      + (f'; report: {report}' if 'report' in selected else ''))
+  say(f'{",".join(selected)}: done ({_clock(total)} of stage time in all)')

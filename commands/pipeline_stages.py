@@ -47,7 +47,11 @@ def run(name, config, workdir, folders, on_ready):
     return {**_last_logged(here, ('objective/scores', 'objective/kl')), **result}
   if name == 'report':
     from evaluation import report
-    return report.build_report(workdir)
+    built = report.build_report(workdir, config)
+    bpb = built.get('bits_per_byte') or {}
+    model, xz = bpb.get('model') or {}, bpb.get('xz') or {}
+    return {'index': os.path.join(workdir, 'report', 'index.html'),
+            'bits_per_byte': model.get('bits_per_byte'), 'xz_bits_per_byte': xz.get('bits_per_byte')}
   raise ValueError(name)
 
 
@@ -72,6 +76,7 @@ def summary(name, result):
       'reward': ('eval_accuracy',),
       'dpo': ('eval_accuracy', 'eval_margin'),
       'ppo': ('objective/scores', 'objective/kl'),
+      'report': ('index', 'bits_per_byte', 'xz_bits_per_byte'),
   }.get(name, ())
   out = {k: result[k] for k in pick if k in result}
   if 'step' in result:
@@ -96,6 +101,10 @@ def describe(name, numbers):
   if name == 'ppo' and 'objective/scores' in n:
     return (f'iteration {n["step"]}, reward-model score {n["objective/scores"]:.3f}, '
             f'KL {n.get("objective/kl", float("nan")):.3f}')
-  if name == 'report' and n.get('line'):
-    return n['line']
+  if name == 'report' and n.get('bits_per_byte') and n.get('xz_bits_per_byte'):
+    verdict = 'beats' if n['bits_per_byte'] < n['xz_bits_per_byte'] else 'does not beat'
+    return (f'{n["index"]}; the pretrained model\'s {n["bits_per_byte"]:.3f} bits/byte '
+            f'{verdict} xz -9e ({n["xz_bits_per_byte"]:.3f})')
+  if name == 'report':
+    return n.get('index', 'built')
   return ', '.join(f'{k} {v}' for k, v in n.items()) or 'ready'

@@ -77,6 +77,11 @@ def test_bad_input_is_one_line_exit_2_and_workdir_untouched(prepared_workdir, ex
   assert _snapshot(prepared_workdir) == before
 
 
+def test_unknown_nested_key_without_config_is_one_line(tmp_path):
+  result = run_cli('eval', f'--workdir={tmp_path}', '--config.train.bogus=1')
+  _assert_one_line_error(result, 'unknown config key', 'bogus')
+
+
 def test_empty_corpus_and_tokenizer_vocab_too_large(tmp_path):
   empty = tmp_path / 'empty.txt'
   empty.write_text('\n\n')
