@@ -16,18 +16,16 @@ def run(name, config, workdir, folders, on_ready):
   """Runs stage `name` in folders[name]; returns its result dict (with 'step' for a
   training stage). `folders` maps every stage to its directory."""
   here = folders[name]
-  if name == 'tokenizer':
+  if name in ('tokenizer', 'prepare'):  # files written once, by process 0
     from data_pipeline import commands as data_commands
     from engine import distributed
     result = {}
-    distributed.on_first_process(lambda: result.update(
-        vocab_size=data_commands.run_tokenizer(config, here).vocab_size))
+    if name == 'tokenizer':
+      distributed.on_first_process(lambda: result.update(
+          vocab_size=data_commands.run_tokenizer(config, here).vocab_size))
+    else:
+      distributed.on_first_process(lambda: data_commands.run_prepare(config, here))
     return result
-  if name == 'prepare':
-    from data_pipeline import commands as data_commands
-    from engine import distributed
-    distributed.on_first_process(lambda: data_commands.run_prepare(config, here))
-    return {}
   if name == 'pretrain':
     from pretrain import trainer
     return trainer.run_pretrain(config, here, resume=True, on_ready=on_ready)

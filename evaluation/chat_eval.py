@@ -89,7 +89,9 @@ def pretrain_perplexity(meta, checkpoint_dir, batch_size):
 
 
 def run_chat_eval(config, workdir, *, checkpoint=None, step=None, eval_files=(), batch_size=8,
-                  prompts=None):
+                  prompts=None, keep_answers=False):
+  """The chat metrics of a checkpoint; `keep_answers` adds 'answered': every (prompt
+  messages, greedy answer) pair, for a reward model to score without generating again."""
   model_cfg, params, tokenizer, spec, saved, step, soft_prompt = restore_params.load(
       workdir, config, checkpoint, step)
   directory, step = restore_params.locate(workdir, checkpoint, step)
@@ -133,6 +135,8 @@ def run_chat_eval(config, workdir, *, checkpoint=None, step=None, eval_files=(),
     summary['reward_model_score'] = sum(scores) / len(scores)
   if not answers:
     raise UserError('no held-out conversation has an assistant reply to compare with')
+  if keep_answers:
+    summary['answered'] = [(split_prompt(r)[0], a['text']) for r, a in zip(picked, answers)]
   return summary
 
 

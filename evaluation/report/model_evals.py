@@ -60,19 +60,9 @@ def save_cached(path, value):
 def chat_eval_with_answers(config, stage_dir, step, prompts):
   """run_chat_eval's summary, plus the (prompt messages, greedy answer) it generated:
   the reward model scores those, so they are not generated twice."""
-  seen = []
-  original = chat_eval.answer
-
-  def answer_and_keep(spec, params, soft_prompt, tokenizer, records, *args):
-    answers = original(spec, params, soft_prompt, tokenizer, records, *args)
-    seen.extend((chat_eval.split_prompt(r)[0], a['text']) for r, a in zip(records, answers))
-    return answers
-  chat_eval.answer = answer_and_keep
-  try:
-    summary = chat_eval.run_chat_eval(config, stage_dir, step=step, prompts=prompts)
-  finally:
-    chat_eval.answer = original
-  return summary, seen
+  summary = chat_eval.run_chat_eval(config, stage_dir, step=step, prompts=prompts,
+                                    keep_answers=True)
+  return summary, summary.pop('answered')
 
 
 def evaluate_model(config, stage, stage_dir, cache_dir, log=print):
