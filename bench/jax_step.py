@@ -15,13 +15,15 @@ import optax
 from flax import nnx
 
 from engine import flops
+from engine import lm_loss
 from model import attention_cudnn
 from model import transformer
 
 
-def packed_batch(batch, seq_len, vocab, seed=0):
+def packed_batch(batch, seq_len, vocab, seed=0, max_docs=None):
   """Random tokens in rows of whole documents (mean length seq_len / 4, positions
-  restart per document), so the document mask decides what attends to what."""
+  restart per document), so the document mask decides what attends to what.
+  `max_docs`: a row's last allowed document runs to the row's end."""
   rng = np.random.default_rng(seed)
   segments = np.zeros((batch, seq_len), np.int32)
   positions = np.zeros((batch, seq_len), np.int32)
@@ -29,6 +31,7 @@ def packed_batch(batch, seq_len, vocab, seed=0):
     start, doc = 0, 1
     while start < seq_len:
       length = max(16, int(rng.exponential(seq_len / 4)))
+      length = seq_len - start if max_docs and doc >= max_docs else length
       segments[r, start:start + length] = doc
       positions[r, start:start + length] = np.arange(min(length, seq_len - start))
       start, doc = start + length, doc + 1
@@ -46,7 +49,22 @@ def max_segments(value):
     attention_cudnn.MAX_SEGMENTS = old
 
 
-def make_step(model_cfg):
+def plain_token_loss(logits, targets, weights):
+  """The loss as autodiff of logsumexp/take_along_axis sees it (before the custom VJP
+  of engine/lm_loss.py), for A/B rows."""
+  logits = logits.astype(jnp.float32)
+  log_z = jax.nn.logsumexp(logits, axis=-1)
+  target = jnp.take_along_axis(logits, targets[..., None], axis=-1)[..., 0]
+  weights = (weights > 0).astype(jnp.float32)
+  return jnp.sum((log_z - target) * weights) / jnp.maximum(jnp.sum(weights), 1.0)
+
+
+def project_token_loss(logits, targets, weights):
+  ce, _, count = lm_loss.token_loss_sums(logits, targets, weights, 0.0)
+  return ce / jnp.maximum(count, 1.0)
+
+
+def make_step(model_cfg, token_loss=project_token_loss):
   model = transformer.Transformer(model_cfg, rngs=nnx.Rngs(0))
   graphdef, params = nnx.split(model)
   tx = optax.chain(optax.clip_by_global_norm(1.0),
@@ -55,11 +73,8 @@ def make_step(model_cfg):
 
   def loss_fn(params, batch):
     logits = nnx.merge(graphdef, params)(batch['inputs'], batch['positions'],
-                                         batch['segment_ids']).astype(jnp.float32)
-    log_z = jax.nn.logsumexp(logits, axis=-1)
-    target = jnp.take_along_axis(logits, batch['targets'][..., None], axis=-1)[..., 0]
-    weights = (batch['segment_ids'] > 0).astype(jnp.float32)
-    return jnp.sum((log_z - target) * weights) / jnp.maximum(jnp.sum(weights), 1.0)
+                                         batch['segment_ids'])
+    return token_loss(logits, batch['targets'], batch['segment_ids'])
 
   def step(params, opt_state, batch):
     loss, grads = jax.value_and_grad(loss_fn)(params, batch)
@@ -69,20 +84,31 @@ def make_step(model_cfg):
   return jax.jit(step, donate_argnums=(0, 1)), params, opt_state
 
 
-def measure(model_cfg, kernel, batch, seq_len, steps=5, peak=None):
+def measure(model_cfg, kernel, batch, seq_len, steps=5, peak=None, trace_dir=None):
   """tokens/s, MFU and compile time of one train step with attention `kernel`
   ('cudnn_masked' = the cudnn kernel forced onto its document-mask fallback;
-  'cudnn:16' = the packed kernel with 16 document slots per row)."""
+  'cudnn:16' = the packed kernel with 16 document slots per row). Options after
+  '/', for A/B rows: 'docs8' = at most 8 documents per row (the packed kernel
+  never falls back), 'plainloss' = `plain_token_loss`, 'dotsonly' = remat 'dots'
+  without keeping the fused attention's outputs."""
+  kernel, *options = kernel.split('/')
   name, _, slots = kernel.partition(':')
   model_cfg.attention = 'cudnn' if name == 'cudnn_masked' else name
   slots = 2 if name == 'cudnn_masked' else int(slots or attention_cudnn.MAX_SEGMENTS)
+  loss = plain_token_loss if 'plainloss' in options else project_token_loss
+  policies = dict(transformer.REMAT_POLICIES)
+  if 'dotsonly' in options:
+    transformer.REMAT_POLICIES['dots'] = jax.checkpoint_policies.checkpoint_dots_with_no_batch_dims
   with max_segments(slots):
-    step, params, opt_state = make_step(model_cfg)
-    data = jax.device_put(packed_batch(batch, seq_len, model_cfg.vocab_size))
+    step, params, opt_state = make_step(model_cfg, loss)
+    data = jax.device_put(packed_batch(batch, seq_len, model_cfg.vocab_size,
+                                       max_docs=8 if 'docs8' in options else None))
     start = time.perf_counter()
     params, opt_state, loss = step(params, opt_state, data)
     first_loss = float(loss)
     compile_s = time.perf_counter() - start
+  transformer.REMAT_POLICIES.update(policies)
+  overflow = bool(attention_cudnn.packed_segments(data['segment_ids'], slots)['overflow'])
   params, opt_state, loss = step(params, opt_state, data)
   jax.block_until_ready(loss)
   times = []
@@ -92,10 +118,20 @@ def measure(model_cfg, kernel, batch, seq_len, steps=5, peak=None):
     jax.block_until_ready(loss)
     times.append(time.perf_counter() - start)
   step_s = statistics.median(times)
+  traced = {}
+  if trace_dir:  # a few more steps under the profiler, summarised per device line
+    from bench import gpu_trace
+    jax.profiler.start_trace(trace_dir, create_perfetto_trace=True)
+    for _ in range(3):
+      params, opt_state, loss = step(params, opt_state, data)
+    jax.block_until_ready(loss)
+    jax.profiler.stop_trace()
+    traced = {'trace': gpu_trace.summarise(trace_dir, 3)}
   tokens_per_s = batch * seq_len / step_s
   model_flops = flops.train_flops_per_token(model_cfg, seq_len) * tokens_per_s
   stats = jax.devices()[0].memory_stats() or {}
   return {'tokens_per_s': tokens_per_s, 'step_s': step_s, 'compile_s': compile_s,
           'model_tflops': model_flops / 1e12, 'mfu': model_flops / peak if peak else None,
-          'dtype': model_cfg.dtype, 'first_loss': first_loss, 'last_loss': float(loss),
-          'peak_gpu_mem_gib': stats.get('peak_bytes_in_use', 0) / 2**30}
+          'dtype': model_cfg.dtype, 'packed_overflow': overflow, 'first_loss': first_loss,
+          'last_loss': float(loss),
+          'peak_gpu_mem_gib': stats.get('peak_bytes_in_use', 0) / 2**30, **traced}

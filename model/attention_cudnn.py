@@ -18,9 +18,10 @@ argument; such a batch takes the fused kernel with a document mask instead
 import jax
 import jax.numpy as jnp
 
-MAX_SEGMENTS = 8  # documents per row the packed call takes (a static shape); 8 measured
-#   fastest on H100 (gpt2_124m 31.0% MFU vs 25.4% with 64; llama_1b 49.9% vs 46.9%); a
-#   batch with a fuller row takes the exact masked fallback
+MAX_SEGMENTS = 8  # documents per row the packed call takes (a static shape). cuDNN runs
+#   B × MAX_SEGMENTS sequences of up to T tokens each, so its cost grows with it (H100,
+#   gpt2_124m: 16 slots 30.1% MFU, 64 slots 25.4%; 8 slots on rows that fit, 35.4%); a
+#   batch with a fuller row takes the exact masked fallback (gpt2_124m: 33.5%)
 _FIXED_GQA_OFFSETS = (0, 11, 1)  # first JAX with the GQA key-offset fix
 
 
@@ -84,6 +85,9 @@ def packed_attention(q, k, v, packed):
   def masked(q, k, v):
     return document_masked_attention(q, k, v, packed['segment_ids'])
 
+  branch = packed.get('branch')  # set by a caller that already chose per batch
+  if branch is not None:
+    return (masked if branch == 'masked' else fused)(q, k, v)
   return jax.lax.cond(packed['overflow'], masked, fused, q, k, v)
 
 

@@ -71,3 +71,19 @@ def test_cudnn_packed_matches_reference_forward_and_gradients(heads, kv_heads):
   errors = check_fused_against_reference(heads=heads, kv_heads=kv_heads)
   assert errors['out'] < 3e-2, errors  # bf16 output, values of order 1
   assert max(errors['dq'], errors['dk'], errors['dv']) < 3e-2, errors  # relative to max
+
+
+def test_remat_dots_keeps_the_fused_attention_forward_and_the_plain_matmuls():
+  policy = transformer.REMAT_POLICIES['dots']
+
+  class Prim:
+    def __init__(self, name):
+      self.name = name
+
+  assert policy(Prim('dot_product_attention_fwd_wrapper'))
+  assert not policy(Prim('exp'))
+  x = jax.ShapeDtypeStruct((4, 8), jnp.float32)
+  dot = jax.lax.dot_general_p
+  assert policy(dot, x, jax.ShapeDtypeStruct((8, 3), jnp.float32),
+                dimension_numbers=(((1,), (0,)), ((), ())), precision=None,
+                preferred_element_type=None, out_sharding=None)
