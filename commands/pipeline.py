@@ -135,6 +135,13 @@ def main(config, workdir):
     os.makedirs(workdir, exist_ok=True)
     record.data.update(commit=pipeline_record.commit(), config=config.to_dict())
     record.save()
+  if not config.train.peak_tflops and any(plan.actions.get(s) == 'run' for s in stages_lib.TRAINED):
+    # One MFU denominator for every stage: a peak measured at each stage's start moves
+    # with the machine's load and makes the stages' MFU incomparable.
+    from engine import flops
+    peak_tflops = flops.measure_matmul_peak() / 1e12
+    for stage_config in plan.configs.values():
+      stage_config.train.peak_tflops = peak_tflops
   say = (lambda line: print(f'pipeline: {line}', flush=True)) if primary else (lambda _: None)
   current = {'stage': None, 'start': time.time()}
   signal.signal(signal.SIGTERM, _raise_stopped)
