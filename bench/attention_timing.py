@@ -11,18 +11,18 @@ from model import transformer
 
 
 def measure(config, steps=5):
-  m = config.model
+  m = transformer.resolve_auto_dtype(config.model)
   b, t, hd = config.train.batch_size, config.data.seq_len, transformer.head_dim(m)
   rng = np.random.default_rng(0)
   q = jnp.asarray(rng.normal(size=(b, t, m.num_heads, hd)), jnp.dtype(m.dtype))
   k, v, out_grad = (jnp.asarray(rng.normal(size=(b, t, heads, hd)), jnp.dtype(m.dtype))
                     for heads in (m.num_kv_heads, m.num_kv_heads, m.num_heads))
-  index = jnp.broadcast_to(jnp.arange(t, dtype=jnp.int32), (b, t))
   segments = jnp.ones((b, t), jnp.int32)
-  mask = attention.make_mask(segments, segments, index, index)
+  kind = attention.resolve_kind(m.attention, m.dtype, hd)
+  mask = attention.self_attention_inputs(segments, kind)  # cudnn: offsets, not a mask
 
   def loss(q, k, v):
-    out = attention.attend(q, k, v, mask, m.attention, m.attention_block)
+    out = attention.attend(q, k, v, mask, kind, m.attention_block)
     return jnp.sum(out * out_grad)
 
   grads = jax.jit(jax.grad(loss, argnums=(0, 1, 2)))
