@@ -61,6 +61,13 @@ class Stage:
     return None
 
 
+def eval_at(result):
+  """' (evaluated at step N)' when a run stopped early and its last evaluation is older."""
+  if result.get('eval_step') is None or result['eval_step'] == result['step']:
+    return ''
+  return f' (evaluated at step {result["eval_step"]})'
+
+
 class StopRequest:
   """Turns SIGTERM/SIGINT into a flag the loop checks between steps."""
 

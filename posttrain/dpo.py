@@ -20,6 +20,7 @@ from engine import flops
 from engine import optimizer
 from engine.train_step import with_mesh
 from engine.trainer import Stage
+from engine.trainer import eval_at
 from engine.trainer import Trainer
 from evaluation import pair_scores
 from posttrain.trainable import Trainable
@@ -142,6 +143,6 @@ def run_dpo(config, workdir, init_from, resume=True, on_ready=None):
     on_ready()
   result = trainer.run()
   if jax.process_index() == 0 and 'eval_accuracy' in result:
-    print(f'dpo: step {result["step"]}, held-out implicit-reward accuracy '
+    print(f'dpo: step {result["step"]}{eval_at(result)}, held-out implicit-reward accuracy '
           f'{result["eval_accuracy"]:.3f}, margin {result["eval_margin"]:.3f}', flush=True)
   return result

@@ -16,6 +16,7 @@ from engine import flops
 from engine import optimizer
 from engine.train_step import with_mesh
 from engine.trainer import Stage
+from engine.trainer import eval_at
 from engine.trainer import Trainer
 from evaluation import pair_scores
 from model import scalar_head
@@ -119,6 +120,7 @@ def run_reward(config, workdir, init_from, resume=True, on_ready=None):
   if jax.process_index() == 0 and 'eval_accuracy' in result:
     kinds = ', '.join(f'{k[len("eval_accuracy/"):]} {v:.3f}' for k, v in result.items()
                       if k.startswith('eval_accuracy/'))
-    print(f'reward: step {result["step"]}, held-out accuracy {result["eval_accuracy"]:.3f} '
+    print(f'reward: step {result["step"]}{eval_at(result)}, held-out accuracy '
+          f'{result["eval_accuracy"]:.3f} '
           f'({kinds})', flush=True)
   return result
