@@ -38,7 +38,10 @@ def _selected():
   if unknown or not STAGES.value:
     raise UserError(f'--stages={",".join(STAGES.value)}: unknown stage {unknown[0] if unknown else "(none)"}; '
                     f'choose from {",".join(stages_lib.ORDER)}')
-  return [s for s in stages_lib.ORDER if s in STAGES.value]
+  wanted = set(STAGES.value)
+  if 'pretrain' in wanted and not INIT_FROM():
+    wanted |= {'tokenizer', 'prepare'}  # its cheap prerequisites (skipped once done)
+  return [s for s in stages_lib.ORDER if s in wanted]
 
 
 def _folders(workdir):

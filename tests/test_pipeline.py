@@ -137,6 +137,18 @@ def test_a_finished_stage_with_changed_settings_is_refused_before_any_work(finis
   assert tree_hashes(workdir) == before
 
 
+def test_pretrain_alone_brings_its_tokenizer_and_dataset(tmp_path):
+  workdir = tmp_path / 'w'
+  result = run_cli('pipeline', '--config=configs/tiny.py', f'--workdir={workdir}',
+                   '--stages=pretrain', '--config.train.steps=4', '--config.train.eval_batches=1')
+  assert result.returncode == 0, result.stderr[-2000:]
+  lines = _lines(result.stdout)
+  assert [l.split(' done')[0] for l in lines[:3]] == [
+      'pipeline: tokenizer', 'pipeline: prepare', 'pipeline: pretrain'], lines
+  assert (workdir / 'pretrain' / 'checkpoints' / '4').is_dir()
+  assert not (workdir / 'sft').exists() and not (workdir / 'report').exists()
+
+
 def test_bad_stage_lists_are_one_line_errors(tmp_path):
   for stages, fragment in (('pretrain,bogus', 'unknown stage bogus'),
                            ('sft', 'add pretrain to --stages')):
