@@ -64,7 +64,7 @@ def get_config():
   model.init_std = 0.02  # normal init scale; output projections are scaled by depth
   model.dtype = 'auto'  # compute dtype; 'auto' = float32 on CPU, bfloat16 on GPU/TPU
   model.param_dtype = 'float32'  # parameters and optimizer state stay float32
-  model.attention = 'auto'  # 'auto' (CPU blocked, GPU cudnn); blocked, cudnn, xla, reference
+  model.attention = 'auto'  # 'auto' (CPU blocked, GPU cudnn, TPU splash); or one of those, xla, reference
   model.attention_block = 64  # query block size of the blocked attention (64 measured best)
   model.remat = 'none'  # per-block rematerialisation: 'none', 'full', 'dots'
 

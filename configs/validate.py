@@ -8,7 +8,7 @@ CHOICES = {
     'tokenizer.normalization': ('identity', 'nfkc'),
     'model.dtype': ('auto', 'float32', 'bfloat16', 'float16'),
     'model.param_dtype': ('float32', 'bfloat16'),
-    'model.attention': ('auto', 'blocked', 'cudnn', 'xla', 'reference'),
+    'model.attention': ('auto', 'blocked', 'cudnn', 'splash', 'xla', 'reference'),
     'model.remat': ('none', 'full', 'dots'),
     'data.chat_format': ('auto', 'messages', 'prompt_completion', 'alpaca'),
     'sft.method': ('full', 'lora', 'prompt'),

@@ -8,17 +8,20 @@ Four exact implementations of the same function:
   fully masked key blocks are never computed (about half the work of full causal
   attention; the fastest on CPU);
 - `cudnn`: cuDNN flash attention in its packed mode (`model/attention_cudnn.py`):
-  documents given as offsets and lengths, no T×T array at all (GPU, Hopper+).
+  documents given as offsets and lengths, no T×T array at all (GPU, Hopper+);
+- `splash`: JAX's Pallas Splash kernel with segment ids (`model/attention_splash.py`;
+  TPU, tested on CPU in Pallas interpret mode).
 Shapes: q (B, T, H, D), k/v (B, S, K, D) with H a multiple of K; the mask is
 (B, T, S) booleans, True where a query may attend to a key.
 `model.attention='auto'` picks per backend: `blocked` on CPU, `cudnn` on a GPU
-that can run it (else `xla`), `xla` elsewhere.
+that can run it (else `xla`), `splash` on TPU, `xla` elsewhere.
 """
 import jax
 import jax.numpy as jnp
 
 from configs.errors import UserError
 from model import attention_cudnn
+from model import attention_splash
 
 NEG_INF = -1e30  # finite, so a row can never become NaN through inf - inf
 
@@ -74,12 +77,14 @@ def resolve_kind(kind, dtype, head_dim):
   if kind == 'auto':
     if jax.default_backend() == 'cpu':
       return 'blocked'
+    if jax.default_backend() == 'tpu':
+      return 'splash'
     return 'cudnn' if attention_cudnn.unsupported_reason(dtype, head_dim) is None else 'xla'
-  if kind == 'cudnn':
-    reason = attention_cudnn.unsupported_reason(dtype, head_dim)
-    if reason:
-      raise UserError(f"model.attention='cudnn' cannot run here: {reason}; "
-                      "use model.attention='auto'")
+  reason = (attention_cudnn.unsupported_reason(dtype, head_dim) if kind == 'cudnn' else
+            attention_splash.unsupported_reason() if kind == 'splash' else None)
+  if reason:
+    raise UserError(f"model.attention='{kind}' cannot run here: {reason}; "
+                    "use model.attention='auto'")
   return kind
 
 
@@ -88,6 +93,8 @@ def self_attention_inputs(segment_ids, kind):
   mask, or for `cudnn` the documents' offsets and lengths (no T×T array)."""
   if kind == 'cudnn':
     return attention_cudnn.packed_segments(segment_ids)
+  if kind == 'splash':
+    return {'segment_ids': segment_ids}
   b, t = segment_ids.shape
   index = jnp.broadcast_to(jnp.arange(t, dtype=jnp.int32), (b, t))
   return make_mask(segment_ids, segment_ids, index, index)
@@ -101,6 +108,10 @@ def attend(q, k, v, mask, kind='auto', block=64):
     if not isinstance(mask, dict):
       raise TypeError("attention 'cudnn' takes self_attention_inputs(segment_ids, 'cudnn')")
     return attention_cudnn.packed_attention(q, k, v, mask)
+  if kind == 'splash':
+    if not isinstance(mask, dict):
+      raise TypeError("attention 'splash' takes self_attention_inputs(segment_ids, 'splash')")
+    return attention_splash.splash_attention(q, k, v, mask['segment_ids'])
   if kind == 'blocked' and q.shape[1] == k.shape[1]:
     return blocked(q, k, v, mask, block)
   if kind == 'xla':
