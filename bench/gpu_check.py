@@ -25,23 +25,14 @@ import time
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, REPO)
+from engine.flops import nominal_peak  # noqa: E402  (bench/run_bench.py uses it from here too)
 
-NOMINAL_PEAK_TFLOPS = {'H100': 989.0, 'H200': 989.0, 'GH200': 989.0, 'A100': 312.0}
 SHAPES = {  # name: (preset, batch, seq_len, remat)
     'gpt2_124m': ('gpt2_124m', 16, 1024, 'none'),
     'llama_1b': ('llama_1b', 4, 4096, 'dots'),
 }
 SMOKE_SHAPES = {'tiny': ('tiny', 2, 128, 'none')}
 KERNELS = ('cudnn', 'gpt2_124m@cudnn/docs8', 'xla', 'cudnn_masked')
-
-
-def nominal_peak(device_kind, override_tflops):
-  if override_tflops:
-    return override_tflops * 1e12
-  for name, tflops in NOMINAL_PEAK_TFLOPS.items():
-    if name.lower() in device_kind.lower().replace('-', ' ').split():
-      return tflops * 1e12
-  return None
 
 
 def selected(shapes, names):

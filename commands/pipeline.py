@@ -142,7 +142,7 @@ def main(config, workdir):
     # One MFU denominator for every stage: a peak measured at each stage's start moves
     # with the machine's load and makes the stages' MFU incomparable.
     from engine import flops
-    peak_tflops = flops.measure_matmul_peak() / 1e12
+    peak_tflops = flops.peak_flops() / 1e12
     for stage_config in plan.configs.values():
       stage_config.train.peak_tflops = peak_tflops
   say = (lambda line: print(f'pipeline: {line}', flush=True)) if primary else (lambda _: None)

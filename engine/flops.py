@@ -1,8 +1,31 @@
-"""Model FLOPs per token, counted as MaxText does, and a measured matmul peak."""
+"""Model FLOPs per token, counted as MaxText does, and the peak MFU is measured against."""
 import time
 
 import jax
 import jax.numpy as jnp
+
+
+# Dense bf16 TFLOP/s per device from the vendors' datasheets (H100/H200 SXM, A100).
+NOMINAL_PEAK_TFLOPS = {'H100': 989.0, 'H200': 989.0, 'GH200': 989.0, 'A100': 312.0}
+
+
+def nominal_peak(device_kind, override_tflops=0.0):
+  """FLOP/s: the override, else the device kind's datasheet peak, else None."""
+  if override_tflops:
+    return override_tflops * 1e12
+  for name, tflops in NOMINAL_PEAK_TFLOPS.items():
+    if name.lower() in device_kind.lower().replace('-', ' ').split():
+      return tflops * 1e12
+  return None
+
+
+def peak_flops(peak_tflops=0.0):
+  """MFU's denominator per device: `train.peak_tflops` when set, else the datasheet
+  peak of a known accelerator, else a matmul measured now (CPUs have no datasheet
+  number that XLA reaches)."""
+  device = jax.devices()[0]
+  known = nominal_peak(device.device_kind if device.platform != 'cpu' else '', peak_tflops)
+  return known or measure_matmul_peak()
 
 
 def matmul_params(model_cfg):

@@ -308,7 +308,7 @@ class Trainer:
                                      stage.mesh, train_cfg.microbatches, stage.frozen_shardings)
     writer = self.writer = MetricsWriter(self.workdir, enabled=self.is_primary,
                                          start_step=self.start_step)
-    peak = train_cfg.peak_tflops * 1e12 or flops.measure_matmul_peak()
+    peak = flops.peak_flops(train_cfg.peak_tflops)
     devices = jax.device_count()
     stop = StopRequest()
     start = self.start_step
