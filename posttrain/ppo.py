@@ -219,11 +219,13 @@ class PpoStage(Stage):
     batch = {'seq': seq, 'segment_ids': segment_ids, 'mask': mask, 'old_logp': logp,
              'old_values': values, 'advantages': advantages, 'returns': returns}
     kl_per_seq = jnp.sum(kl, axis=1)
-    metrics = {'objective/scores': jnp.mean(scores), 'objective/reward_model_score':
+    score_mean, non_score_mean = jnp.mean(scores), jnp.mean(jnp.sum(non_score, axis=1))
+    metrics = {'objective/scores': score_mean, 'objective/reward_model_score':
                jnp.mean(raw_scores), 'objective/kl': jnp.mean(kl_per_seq),
                'objective/entropy': ppo_loss.entropy(actor_logits / cfg.temperature, mask),
-               'objective/non_score_reward': jnp.mean(jnp.sum(non_score, axis=1)),
-               'objective/rlhf_reward': jnp.mean(scores + jnp.sum(non_score, axis=1)),
+               'objective/non_score_reward': non_score_mean,
+               # the sum of the two means (not a third reduction): exactly the score at KL 0
+               'objective/rlhf_reward': score_mean + non_score_mean,
                'response_length': jnp.mean(counts.astype(jnp.float32)),
                'end_of_turn_rate': jnp.mean(ended.astype(jnp.float32)),
                'repeat_4gram_rate': jnp.mean(repeated.astype(jnp.float32))}

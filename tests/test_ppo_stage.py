@@ -385,10 +385,14 @@ def test_eight_devices_equal_one_for_one_iteration(one_iteration):
   m1, m8 = one['metrics'], eight['metrics']
   assert sorted(m1) == sorted(m8)
   assert m1['objective/kl'] == m8['objective/kl'] == 0.0
+  tokens = int(np.sum(one['counts']))
   for name in sorted(m1):
     if name.startswith('time/'):
       continue
     x, y = float(m1[name]), float(m8[name])
+    if name.endswith('clipfrac_avg'):  # shares of tokens: one whose ratio or value sits on
+      assert abs(x - y) <= 2.0 / tokens, (name, x, y)  # the clip edge may fall either way
+      continue
     assert abs(x - y) <= 1e-4 * abs(x) + 1e-6, (name, x, y)
   # Start params are the same on both meshes; the update agrees.
   for x, y in zip(jax.tree.leaves(one['start']), jax.tree.leaves(eight['start'])):
