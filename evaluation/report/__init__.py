@@ -49,7 +49,7 @@ def model_row(result, reward_score):
           'reward_model_score': reward_score, 'answers': chat['answers']}
 
 
-def xz_result(config, pretrain, cache_dir):
+def xz_result(config, pretrain, cache_dir, write=True):
   import ml_collections
   from configs.errors import UserError
   if not pretrain.get('config'):
@@ -58,7 +58,7 @@ def xz_result(config, pretrain, cache_dir):
     train, val = xz_baseline.corpus_texts(ml_collections.ConfigDict(pretrain['config']),
                                           pretrain['dir'])
     return xz_baseline.cached_baseline(train, val, cache_dir,
-                                       int(config.report.xz_train_mib * 2**20))
+                                       int(config.report.xz_train_mib * 2**20), write)
   except UserError as e:
     return {'error': str(e)}
 
@@ -76,13 +76,16 @@ def build_report(workdir, config=None, log=print):
   """Builds WORKDIR/report/ and returns what report.json holds. `config` gives the report
   settings (config.report), the mesh and the tokenizer path; None: configs/base.py with
   pipeline.json's report settings. A workdir with no stage folder is a UserError."""
+  import jax
   from evaluation.report import model_evals  # jax: only once the workdir looks right
+  primary = jax.process_index() == 0  # every process evaluates; only process 0 writes
   start = time.perf_counter()
   done_now = []  # what this build evaluated (not found in the cache)
 
   def log_and_keep(line):
     done_now.append(line)
-    log(line)
+    if primary:
+      log(line)
   collected = collect.collect(workdir)
   if config is None:
     config = default_config(collected['pipeline'])
@@ -105,13 +108,13 @@ def build_report(workdir, config=None, log=print):
   if stages['pretrain']['status'] != 'not run':
     bits['model'] = model_evals.pretrain_bits_per_byte(config, stages['pretrain']['dir'],
                                                        cache_dir, log_and_keep)
-    bits['xz'] = xz_result(config, stages['pretrain'], cache_dir)
+    bits['xz'] = xz_result(config, stages['pretrain'], cache_dir, primary)
   images = {}
-  if plots.bits_per_byte_chart(os.path.join(out_dir, 'bits_per_byte.png'), [
+  if primary and plots.bits_per_byte_chart(os.path.join(out_dir, 'bits_per_byte.png'), [
       ('pretrained model', (bits['model'] or {}).get('bits_per_byte')),
       ('xz -9e', (bits['xz'] or {}).get('bits_per_byte'))]):
     images['bits_per_byte'] = 'bits_per_byte.png'
-  curves = plots.stage_curves(out_dir, stages)
+  curves = plots.stage_curves(out_dir, stages) if primary else {}
   report = {
       'workdir': collected['workdir'], 'commit': collected['commit'],
       'commit_source': collected['commit_source'],
@@ -127,5 +130,6 @@ def build_report(workdir, config=None, log=print):
   }
   report['evaluated_now'] = done_now
   report['build_seconds'] = time.perf_counter() - start
-  render.write_all(out_dir, report)
+  if primary:
+    render.write_all(out_dir, report)
   return report

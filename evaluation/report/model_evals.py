@@ -50,6 +50,9 @@ def load_cached(path):
 
 
 def save_cached(path, value):
+  import jax
+  if jax.process_index() != 0:  # every process evaluates (collectives); one writes
+    return value
   os.makedirs(os.path.dirname(path), exist_ok=True)
   with open(path + '.tmp', 'w') as f:
     json.dump(value, f, ensure_ascii=False, default=float)

@@ -38,9 +38,9 @@ def keep_tail(data, limit):
   return data[-limit:] if limit and len(data) > limit else data
 
 
-def cached_baseline(train_text, val_text, cache_dir, max_train_bytes=0):
+def cached_baseline(train_text, val_text, cache_dir, max_train_bytes=0, write=True):
   """{'bits_per_byte', 'train_bytes', 'val_bytes', 'train_truncated'}, computed once per
-  pair of texts (the cache file's name is their hash)."""
+  pair of texts (the cache file's name is their hash; `write=False`: read it only)."""
   train = train_text.encode('utf-8')
   val = val_text.encode('utf-8')
   truncated = bool(max_train_bytes) and len(train) > max_train_bytes
@@ -58,6 +58,8 @@ def cached_baseline(train_text, val_text, cache_dir, max_train_bytes=0):
   result = {'bits_per_byte': extra_bits_per_byte(train, val), 'train_bytes': len(train),
             'val_bytes': len(val), 'train_truncated': truncated,
             'method': 'xz -9e (LZMA2, 64 MiB dictionary), validation after training text'}
+  if not write:
+    return result
   os.makedirs(cache_dir, exist_ok=True)
   tmp = path + '.tmp'
   with open(tmp, 'w') as f:
