@@ -137,6 +137,22 @@ def test_a_finished_stage_with_changed_settings_is_refused_before_any_work(finis
   assert tree_hashes(workdir) == before
 
 
+def test_post_training_can_start_from_a_pretraining_workdir_elsewhere(finished, tmp_path):
+  pretrained = finished[0] / 'pretrain'
+  workdir = tmp_path / 'post'
+  result = run_cli('pipeline', *CUT_DOWN, f'--workdir={workdir}', f'--init_from={pretrained}',
+                   '--stages=sft', '--config.pipeline.sft.train.steps=2')
+  assert result.returncode == 0, result.stderr[-2000:]
+  assert (workdir / 'sft' / 'checkpoints' / '2').is_dir()
+  assert not (workdir / 'pretrain').exists()
+  meta = json.load(open(workdir / 'pipeline.json'))['stages']
+  assert list(meta) == ['sft'] and meta['sft']['status'] == 'done'
+  # --init_from gives the pretrained model: asking to pretrain as well is refused.
+  again = run_cli('pipeline', *CUT_DOWN, f'--workdir={workdir}', f'--init_from={pretrained}',
+                  '--stages=pretrain,sft')
+  assert again.returncode == 2 and 'drop pretrain from --stages' in again.stderr
+
+
 def test_pretrain_alone_brings_its_tokenizer_and_dataset(tmp_path):
   workdir = tmp_path / 'w'
   result = run_cli('pipeline', '--config=configs/tiny.py', f'--workdir={workdir}',
