@@ -21,8 +21,8 @@ from engine import optimizer
 from engine.train_step import with_mesh
 from engine.trainer import Stage
 from engine.trainer import eval_at
-from engine.trainer import Trainer
 from evaluation import pair_scores
+from posttrain.run_stage import run_stage
 from posttrain.trainable import Trainable
 from posttrain.trainable import base_meta
 from posttrain.trainable import pretrain_workdir
@@ -131,18 +131,13 @@ class DpoStage(Stage):
 
 
 def run_dpo(config, workdir, init_from, resume=True, on_ready=None):
-  from posttrain import init_from as init_from_lib
-  stage = DpoStage(config, workdir, init_from)
-  trainer = Trainer(stage, resume)
-  if jax.process_index() == 0:
-    init_from_lib.copy_tokenizer(stage.init, workdir)
-    print(f'dpo: {stage.method}, {config.dpo.loss_type} loss, beta {config.dpo.beta}; '
-          f'{len(stage.train_examples):,} training pairs, {len(stage.eval_examples):,} held out',
-          flush=True)
-  if on_ready is not None:
-    on_ready()
-  result = trainer.run()
-  if jax.process_index() == 0 and 'eval_accuracy' in result:
-    print(f'dpo: step {result["step"]}{eval_at(result)}, held-out implicit-reward accuracy '
-          f'{result["eval_accuracy"]:.3f}, margin {result["eval_margin"]:.3f}', flush=True)
-  return result
+  def plan(stage):
+    return (f'dpo: {stage.method}, {config.dpo.loss_type} loss, beta {config.dpo.beta}; '
+            f'{len(stage.train_examples):,} training pairs, {len(stage.eval_examples):,} held out')
+
+  def outcome(result):
+    if 'eval_accuracy' in result:
+      return (f'dpo: step {result["step"]}{eval_at(result)}, held-out implicit-reward accuracy '
+              f'{result["eval_accuracy"]:.3f}, margin {result["eval_margin"]:.3f}')
+    return None
+  return run_stage(DpoStage(config, workdir, init_from), workdir, resume, on_ready, plan, outcome)

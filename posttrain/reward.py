@@ -17,9 +17,9 @@ from engine import optimizer
 from engine.train_step import with_mesh
 from engine.trainer import Stage
 from engine.trainer import eval_at
-from engine.trainer import Trainer
 from evaluation import pair_scores
 from model import scalar_head
+from posttrain.run_stage import run_stage
 from posttrain.trainable import Trainable
 from posttrain.trainable import base_meta
 from posttrain.trainable import check_resume
@@ -104,23 +104,19 @@ class RewardStage(Stage):
 
 
 def run_reward(config, workdir, init_from, resume=True, on_ready=None):
-  from posttrain import init_from as init_from_lib
-  stage = RewardStage(config, workdir, init_from)
-  trainer = Trainer(stage, resume)
-  if jax.process_index() == 0:
-    init_from_lib.copy_tokenizer(stage.init, workdir)
+  def plan(stage):
     s = stage.train_stats
-    print(f'reward: {stage.method}; {len(stage.train_examples):,} training pairs '
-          f'({s["identical"]} with chosen == rejected and {s["no_room"]} without room for a '
-          f'response skipped, {s["truncated"]} responses truncated), '
-          f'{len(stage.eval_examples):,} held out; kinds {", ".join(s["kinds"])}', flush=True)
-  if on_ready is not None:
-    on_ready()
-  result = trainer.run()
-  if jax.process_index() == 0 and 'eval_accuracy' in result:
+    return (f'reward: {stage.method}; {len(stage.train_examples):,} training pairs '
+            f'({s["identical"]} with chosen == rejected and {s["no_room"]} without room for a '
+            f'response skipped, {s["truncated"]} responses truncated), '
+            f'{len(stage.eval_examples):,} held out; kinds {", ".join(s["kinds"])}')
+
+  def outcome(result):
+    if 'eval_accuracy' not in result:
+      return None
     kinds = ', '.join(f'{k[len("eval_accuracy/"):]} {v:.3f}' for k, v in result.items()
                       if k.startswith('eval_accuracy/'))
-    print(f'reward: step {result["step"]}{eval_at(result)}, held-out accuracy '
-          f'{result["eval_accuracy"]:.3f} '
-          f'({kinds})', flush=True)
-  return result
+    return (f'reward: step {result["step"]}{eval_at(result)}, held-out accuracy '
+            f'{result["eval_accuracy"]:.3f} ({kinds})')
+  return run_stage(RewardStage(config, workdir, init_from), workdir, resume, on_ready, plan,
+                   outcome)

@@ -28,11 +28,10 @@ from engine import lm_loss
 from engine import optimizer
 from engine import train_step
 from engine.trainer import Stage
-from engine.trainer import Trainer
 from evaluation import chat_loss
 from evaluation import lm_validation
 from model import soft_prompt
-from posttrain import init_from as init_from_lib
+from posttrain.run_stage import run_stage
 from posttrain.trainable import Trainable
 from posttrain.trainable import base_meta
 from posttrain.trainable import check_resume
@@ -155,34 +154,27 @@ class SftStage(Stage):
 
 
 def run_sft(config, workdir, init_from, resume=True, on_ready=None):
-  stage = SftStage(config, workdir, init_from)
-  trainer = Trainer(stage, resume)
-  if jax.process_index() == 0:
-    init_from_lib.copy_tokenizer(stage.init, workdir)
+  def plan(stage):
     stats = stage.train_stats
-    print(f'sft: {stage.method}, {stage.trainable_count():,} trainable params; '
-          f'{len(stage.train_examples):,} training conversations ({stats["empty"]} without an '
-          f'assistant reply skipped, {stats["truncated"]} truncated, {stats["dropped_long"]} '
-          f'dropped as too long), {len(stage.eval_examples):,} held out', flush=True)
-  if on_ready is not None:
-    on_ready()
-  first = None
-  if os.path.exists(os.path.join(workdir, 'metrics.jsonl')):
-    first = _first_eval(os.path.join(workdir, 'metrics.jsonl'))
-  result = trainer.run()
-  first = first or _first_eval(os.path.join(workdir, 'metrics.jsonl'))
-  result['checkpoint_bytes'] = _dir_bytes(os.path.join(workdir, 'checkpoints',
-                                                       str(result['step'])))
-  if jax.process_index() == 0 and 'eval_loss' in result:
-    before = f' (step 0: {first["eval_loss"]:.4f})' if first else ''
+    return (f'sft: {stage.method}, {stage.trainable_count():,} trainable params; '
+            f'{len(stage.train_examples):,} training conversations ({stats["empty"]} without an '
+            f'assistant reply skipped, {stats["truncated"]} truncated, {stats["dropped_long"]} '
+            f'dropped as too long), {len(stage.eval_examples):,} held out')
+
+  def outcome(result):
+    if 'eval_loss' not in result:
+      return None
+    first = _first_eval(os.path.join(workdir, 'metrics.jsonl'))  # step 0 survives a resume
     line = (f'sft: step {result["step"]}, held-out assistant loss {result["eval_loss"]:.4f}'
-            f'{before}')
+            + (f' (step 0: {first["eval_loss"]:.4f})' if first else ''))
     if 'pretrain_perplexity' in result:
       line += (f', pretraining perplexity {first["pretrain_perplexity"]:.2f} -> '
                f'{result["pretrain_perplexity"]:.2f}' if first else
                f', pretraining perplexity {result["pretrain_perplexity"]:.2f}')
-    print(line + f'; checkpoint {result["checkpoint_bytes"] / 2**20:.2f} MiB', flush=True)
-  return result
+    size = _dir_bytes(os.path.join(workdir, 'checkpoints', str(result['step'])))
+    return line + f'; checkpoint {size / 2**20:.2f} MiB'
+  return run_stage(SftStage(config, workdir, init_from), workdir, resume, on_ready, plan,
+                   outcome)
 
 
 def _first_eval(path):
