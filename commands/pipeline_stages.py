@@ -1,6 +1,5 @@
 """The pipeline's stages: the folder each runs in, what it starts from, how it runs,
 and the number its one line reports. Each is the same call as its own command."""
-import json
 import os
 
 ORDER = ('tokenizer', 'prepare', 'pretrain', 'sft', 'reward', 'ppo', 'dpo', 'report')
@@ -55,13 +54,10 @@ def run(name, config, workdir, folders, on_ready):
 
 def _last_logged(workdir, keys):
   """The last metrics.jsonl values of `keys` (PPO logs its score per iteration)."""
+  from evaluation.report import collect
   found = {}
-  path = os.path.join(workdir, 'metrics.jsonl')
-  if os.path.exists(path):
-    with open(path) as f:
-      for line in f:
-        row = json.loads(line)
-        found.update({k: row[k] for k in keys if k in row})
+  for row in collect.read_metrics(os.path.join(workdir, 'metrics.jsonl')):
+    found.update({k: row[k] for k in keys if k in row})
   return found
 
 

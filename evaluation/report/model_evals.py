@@ -19,6 +19,7 @@ from evaluation import chat_eval
 from evaluation import evaluate
 from evaluation import reward_eval
 from evaluation import sampling
+from evaluation.report import collect
 
 MODEL_STAGES = ('pretrain', 'sft', 'dpo', 'ppo')
 ERRORS = (UserError, integrity.DamagedCheckpoint)
@@ -39,14 +40,6 @@ def checkpoint_id(stage_dir):
 def cache_path(cache_dir, name, step, *parts):
   digest = hashlib.sha256(json.dumps(parts, sort_keys=True).encode()).hexdigest()[:16]
   return os.path.join(cache_dir, f'{name}_step{step}_{digest}.json')
-
-
-def load_cached(path):
-  try:
-    with open(path) as f:
-      return json.load(f)
-  except (OSError, ValueError):
-    return None
 
 
 def save_cached(path, value):
@@ -75,7 +68,7 @@ def evaluate_model(config, stage, stage_dir, cache_dir, log=print):
   try:
     step, fingerprint = checkpoint_id(stage_dir)
     path = cache_path(cache_dir, stage, step, fingerprint, settings)
-    cached = load_cached(path)
+    cached = collect.read_json(path)
     if cached is not None:
       return cached
     log(f'report: evaluating {stage} step {step}')
@@ -108,7 +101,7 @@ def reward_scores(config, reward_dir, evaluated, cache_dir, log=print):
       continue
     path = cache_path(cache_dir, f'{stage}_reward', result['step'], result['fingerprint'],
                       reward_fingerprint, result['answers'])
-    cached = load_cached(path)
+    cached = collect.read_json(path)
     if cached is None:
       todo.append((stage, path, result['answers']))
     else:
@@ -143,7 +136,7 @@ def pretrain_bits_per_byte(config, pretrain_dir, cache_dir, log=print):
     saved.mesh = config.mesh.copy_and_resolve_references()
     batches = int(config.report.bpb_batches)
     path = cache_path(cache_dir, 'pretrain_bpb', step, fingerprint, batches)
-    cached = load_cached(path)
+    cached = collect.read_json(path)
     if cached is not None:
       return cached
     log(f'report: bits per byte of pretrain step {step} on the validation split')
