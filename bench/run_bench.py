@@ -14,7 +14,6 @@ import importlib.metadata
 import json
 import os
 import platform
-import time
 
 import jax
 
@@ -59,22 +58,11 @@ def device_info(config):
 
 
 def loader_tokens_per_s(config, workdir, batches=40):
-  from data_pipeline import commands as data_commands
-  from data_pipeline import pretrain_loader
-  from data_pipeline import tfds_corpus
-  from data_pipeline import tokenizer as tokenizer_lib
-  if not os.path.exists(tokenizer_lib.tokenizer_path(workdir, config.tokenizer)):
-    data_commands.run_tokenizer(config, workdir)
-  tfds_corpus.prepare(config, workdir)
-  tokenizer = tokenizer_lib.load_tokenizer(
-      tokenizer_lib.tokenizer_path(workdir, config.tokenizer), config.model.vocab_size)
-  source = tfds_corpus.open_split(config, workdir, config.data.train_split)
-  it = pretrain_loader.train_dataset(config, source, tokenizer, 0, 1)
-  next(it)  # threads started, first documents read
-  start = time.perf_counter()
-  for _ in range(batches):
-    next(it)
-  return batches * config.train.batch_size * config.data.seq_len / (time.perf_counter() - start)
+  from bench import loader_timing
+  return loader_timing.measure(config, workdir, batch_size=config.train.batch_size,
+                               seq_len=config.data.seq_len, threads=(config.data.num_threads,),
+                               batches=batches, repeats=1,
+                               baseline=False)['loader_tokens_per_s'][config.data.num_threads]
 
 
 def torch_gpu_numbers(config, steps, peak):

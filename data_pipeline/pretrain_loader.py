@@ -1,59 +1,70 @@
-"""Grain pipeline for pretraining: shuffle → shard → tokenize → pack → batch.
+"""Grain pipeline for pretraining: shuffle → shard → read and tokenise → pack → batch.
 
 Each process reads only its own share of the documents. The iterator is
 checkpointable (`get_state`/`set_state`): a resumed run continues at the exact
 next batch, without replaying the stream (Levanter's promise).
+
+Documents are read and tokenised `DOCUMENTS_PER_CHUNK` at a time in Grain's
+threads (one batched read, one SentencePiece call, which releases the GIL), and
+packed by `stream_packing` (the rows of Grain's concat-then-split, a chunk per
+Python step instead of a document).
 """
 import grain
 import numpy as np
 
 from configs.errors import UserError
+from data_pipeline.stream_packing import PackedRowsIterDataset
+
+DOCUMENTS_PER_CHUNK = 64  # part of the iterator state: the parent's position counts chunks
 
 
+def _read(source, indices):
+  """Records at `indices`, in one batched read where the source has one (TFDS)."""
+  getitems = getattr(source, '__getitems__', None)
+  return getitems(list(indices)) if getitems else [source[int(i)] for i in indices]
 
-def _tokenize(record, tokenizer, text_field, add_bos):
+
+def _text(record, text_field):
   text = record[text_field]
-  if isinstance(text, bytes):
-    text = text.decode('utf-8', errors='replace')
-  ids = tokenizer.encode(text) + [tokenizer.eos_id]
-  if add_bos:
-    ids = [tokenizer.bos_id] + ids
-  ids = np.asarray(ids, dtype=np.int32)
-  return {'inputs': ids[:-1], 'targets': ids[1:]}
+  return text.decode('utf-8', errors='replace') if isinstance(text, bytes) else text
 
 
-def _rename(packed):
-  """Packed features → the batch the model takes; segment id 0 marks padding."""
-  return {
-      'inputs': packed['inputs'],
-      'targets': packed['targets'],
-      'segment_ids': packed['inputs_segment_ids'].astype(np.int32),
-      'positions': packed['inputs_positions'].astype(np.int32),
-  }
+def tokenize_chunk(records, tokenizer, text_field, add_bos):
+  """[BOS] + ids + [EOS] of each record, int32 arrays (BOS only with `add_bos`)."""
+  head = [tokenizer.bos_id] if add_bos else []
+  return [np.asarray(head + ids + [tokenizer.eos_id], dtype=np.int32)
+          for ids in tokenizer.encode_batch([_text(r, text_field) for r in records])]
 
 
-def documents_dataset(source, *, seed, shuffle, process_index, process_count, num_epochs):
-  """Record-level MapDataset: global shuffle (reseeded each epoch), then this
+def document_indices(length, *, seed, shuffle, process_index, process_count, num_epochs):
+  """Record indices as a MapDataset: global shuffle (reseeded each epoch), then this
   process's slice, so per epoch the processes' shares are disjoint and complete."""
-  ds = grain.MapDataset.source(source)
+  ds = grain.MapDataset.range(length)
   if shuffle:
     ds = ds.shuffle(seed=seed)
   ds = ds[process_index::process_count]
   return ds.repeat(num_epochs)
 
 
+def documents_dataset(source, *, seed, shuffle, process_index, process_count, num_epochs):
+  """The records in the order `make_dataset` reads them (one at a time)."""
+  return document_indices(len(source), seed=seed, shuffle=shuffle, process_index=process_index,
+                          process_count=process_count, num_epochs=num_epochs).map(
+                              lambda i: source[int(i)])
+
+
 def make_dataset(source, tokenizer, *, seq_len, batch_size, seed, text_field='text',
                  add_bos=True, shuffle=True, num_epochs=None, process_index=0,
                  process_count=1, num_threads=2, prefetch=8, drop_remainder=True):
   """An IterDataset of packed batches of `batch_size` rows (this process's share)."""
-  ds = documents_dataset(source, seed=seed, shuffle=shuffle, process_index=process_index,
-                         process_count=process_count, num_epochs=num_epochs)
-  ds = ds.map(lambda r: _tokenize(r, tokenizer, text_field, add_bos))
+  ds = document_indices(len(source), seed=seed, shuffle=shuffle, process_index=process_index,
+                        process_count=process_count, num_epochs=num_epochs)
+  ds = ds.batch(DOCUMENTS_PER_CHUNK, drop_remainder=False, batch_fn=list)
+  ds = ds.map(lambda indices: tokenize_chunk(_read(source, indices), tokenizer, text_field,
+                                             add_bos))
   it = ds.to_iter_dataset(grain.ReadOptions(num_threads=num_threads,
                                             prefetch_buffer_size=prefetch))
-  it = grain.experimental.ConcatThenSplitIterDataset(
-      it, length_struct={'inputs': seq_len, 'targets': seq_len})
-  it = it.map(_rename)
+  it = PackedRowsIterDataset(it, seq_len, DOCUMENTS_PER_CHUNK)
   return it.batch(batch_size, drop_remainder=drop_remainder)
 
 
