@@ -18,6 +18,7 @@ from commands import pipeline_stages as stages_lib
 from configs import stages as stage_configs
 from configs import validate as validate_lib
 from configs.errors import UserError
+from engine import checkpointing
 
 STAGES = flags.DEFINE_list('stages', list(stages_lib.ORDER), 'Stages to run, a subset of '
                            f'{",".join(stages_lib.ORDER)} (always run in that order).')
@@ -57,13 +58,12 @@ def _folders(workdir):
 
 
 def _final_checkpoint(folder, step):
-  return os.path.isdir(os.path.join(folder, 'checkpoints', str(step)))
+  return step in checkpointing.finished_steps(folder)
 
 
 def _latest_checkpoint(folder):
-  directory = os.path.join(folder, 'checkpoints')
-  steps = [int(n) for n in os.listdir(directory) if n.isdigit()] if os.path.isdir(directory) else []
-  return max(steps) if steps else None
+  steps = checkpointing.finished_steps(folder)
+  return steps[-1] if steps else None
 
 
 class Plan:

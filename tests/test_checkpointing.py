@@ -58,3 +58,14 @@ def test_damaged_latest_checkpoint_falls_back_to_the_previous(tiny_workdir, tmp_
   assert result.returncode == 0, result.stderr[-3000:]
   assert 'checkpoint 4 is unreadable' in result.stdout
   assert 'resumed from step 2' in result.stdout
+
+
+def test_finished_steps_lists_only_steps_with_metadata(tmp_path):
+  root = tmp_path / 'checkpoints'
+  for name, with_meta in (('100', True), ('20', True), ('300', False),
+                          ('400.orbax-checkpoint-tmp-7', True)):
+    (root / name / 'meta').mkdir(parents=True)
+    if with_meta:
+      (root / name / 'meta' / 'metadata').write_text('{}')
+  assert checkpointing.finished_steps(str(tmp_path)) == [20, 100]
+  assert checkpointing.finished_steps(str(tmp_path / 'nowhere')) == []

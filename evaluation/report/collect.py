@@ -11,6 +11,7 @@ import statistics
 import subprocess
 
 from configs.errors import UserError
+from engine import checkpointing
 
 STAGES = ('pretrain', 'sft', 'reward', 'dpo', 'ppo')
 STAGE_FILES = ('config.json', 'metrics.jsonl', 'checkpoints')
@@ -38,15 +39,6 @@ def read_metrics(path):
       if isinstance(record, dict) and isinstance(record.get('step'), int):
         rows.append(record)
   return rows
-
-
-def checkpoint_steps(stage_dir):
-  """Steps with a complete checkpoint (Orbax writes commit_success.txt last)."""
-  directory = os.path.join(stage_dir, 'checkpoints')
-  if not os.path.isdir(directory):
-    return []
-  return sorted(int(name) for name in os.listdir(directory) if name.isdigit() and (
-      os.path.isfile(os.path.join(directory, name, 'meta', 'metadata'))))
 
 
 def folder_bytes(path):
@@ -111,7 +103,7 @@ def stage_record(workdir, stage, pipeline_stage=None):
     return {'status': 'not run'}
   config = read_json(os.path.join(stage_dir, 'config.json'))
   rows = read_metrics(os.path.join(stage_dir, 'metrics.jsonl'))
-  steps = checkpoint_steps(stage_dir)
+  steps = checkpointing.finished_steps(stage_dir)
   last_meta = checkpoint_meta(stage_dir, steps[-1]) if steps else {}
   config = config or last_meta.get('config')
   pipeline_stage = pipeline_stage or {}
