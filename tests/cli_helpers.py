@@ -1,4 +1,7 @@
-"""Runs run.py in a subprocess, as a user would."""
+"""Runs run.py in a subprocess, as a user would, and reads what it leaves in a workdir.
+Stdlib only at import time (jax must not be imported before conftest sets XLA_FLAGS)."""
+import hashlib
+import json
 import os
 import pathlib
 import shutil
@@ -8,13 +11,33 @@ import sys
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
-def run_cli(*args, env=None, timeout=600, cwd=REPO):
-  """Runs `python run.py ...` in a subprocess; returns CompletedProcess."""
+def _env(env=None):
   full_env = dict(os.environ)
   full_env.pop('XLA_FLAGS', None)  # the 8 simulated devices are for in-process mesh tests
   full_env.update(env or {})
+  return full_env
+
+
+def run_cli(*args, env=None, timeout=600, cwd=REPO):
+  """Runs `python run.py ...` in a subprocess; returns CompletedProcess."""
   return subprocess.run([sys.executable, os.path.join(REPO, 'run.py'), *args], cwd=cwd,
-                        env=full_env, capture_output=True, text=True, timeout=timeout)
+                        env=_env(env), capture_output=True, text=True, timeout=timeout)
+
+
+def start_cli(*args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, **popen_kwargs):
+  """Starts `python run.py ...` (to be signalled or killed); returns the Popen."""
+  return subprocess.Popen([sys.executable, os.path.join(REPO, 'run.py'), *args], cwd=REPO,
+                          env=_env(), stdout=stdout, stderr=stderr, **popen_kwargs)
+
+
+def one_line_error(result, fragment):
+  """Exit code 2 and exactly one `error:` line, the last, holding `fragment`; no traceback."""
+  assert result.returncode == 2, (result.returncode, result.stderr[-3000:])
+  lines = result.stderr.strip().splitlines()
+  assert lines, 'no stderr'
+  assert lines[-1].startswith('error: ') and fragment in lines[-1], lines[-1]
+  assert sum(l.startswith('error: ') for l in lines) == 1, lines
+  assert not any('Traceback' in l for l in lines), result.stderr[-3000:]
 
 
 def fresh_workdir(prepared_workdir, path):
@@ -25,10 +48,66 @@ def fresh_workdir(prepared_workdir, path):
   return pathlib.Path(path)
 
 
+def tiny_pretrain(prepared_workdir, path):
+  """A fresh workdir at `path` pretrained for 10 tiny steps (checkpoint 10): the start
+  of the post-training tests."""
+  p = fresh_workdir(prepared_workdir, path)
+  result = run_cli('pretrain', '--config=configs/tiny.py', f'--workdir={p}',
+                   '--config.train.steps=10', '--config.train.batch_size=4',
+                   '--config.train.eval_every=0', '--config.checkpoint.save_every_steps=10',
+                   '--config.train.peak_tflops=1')
+  assert result.returncode == 0, result.stderr[-2000:]
+  return p
+
+
+def other_tokenizer(directory):
+  """A tokenizer of the same size as the tiny one, trained on a sample of its lines."""
+  from configs import tiny
+  from data_pipeline import documents, embedded
+  from data_pipeline import tokenizer as tokenizer_lib
+  config = tiny.get_config()
+  config.tokenizer.max_sentences = 3000
+  tokenizer = tokenizer_lib.train_tokenizer(
+      documents.iter_documents(embedded.TRAIN_FILES, config.data), config.tokenizer)
+  tokenizer_lib.save_tokenizer(tokenizer, str(directory))
+  return tokenizer
+
+
+def write_jsonl(path, lines):
+  """One line per item: a string as it is, anything else as JSON. Returns str(path)."""
+  with open(path, 'w') as f:
+    for line in lines:
+      f.write((line if isinstance(line, str) else json.dumps(line)) + '\n')
+  return str(path)
+
+
+def read_records(workdir):
+  """Every line of WORKDIR/metrics.jsonl, parsed."""
+  with open(os.path.join(workdir, 'metrics.jsonl')) as f:
+    return [json.loads(line) for line in f]
+
+
+def restore_state(workdir, step):
+  """The saved train state of checkpoint `step`, as numpy arrays."""
+  import orbax.checkpoint as ocp
+  return ocp.StandardCheckpointer().restore(
+      os.path.join(workdir, 'checkpoints', str(step), 'state'))
+
+
+def file_hashes(root):
+  """{relative path: sha256} of every file under `root` (folders not listed)."""
+  out = {}
+  for directory, _, names in os.walk(root):
+    for name in names:
+      path = os.path.join(directory, name)
+      with open(path, 'rb') as f:
+        out[os.path.relpath(path, root)] = hashlib.sha256(f.read()).hexdigest()
+  return out
+
+
 def tree_hashes(root):
   """{relative path: sha256} of every file under `root` (folders map to None): a
   workdir compared before and after a failing command must be unchanged."""
-  import hashlib
   out = {}
   for directory, subdirs, names in os.walk(root):
     for name in subdirs:

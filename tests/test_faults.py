@@ -17,7 +17,7 @@ import jax
 import numpy as np
 import pytest
 
-from tests.cli_helpers import REPO, fresh_workdir, run_cli
+from tests.cli_helpers import REPO, fresh_workdir, run_cli, start_cli
 
 ARGS = ['--config=configs/tiny.py', '--config.data.seq_len=64', '--config.train.batch_size=8',
         '--config.train.log_every=1', '--config.train.eval_batches=2',
@@ -205,9 +205,7 @@ def test_damaged_latest_checkpoint_in_every_command(straight, tmp_path, how):
 @pytest.mark.slow
 def test_second_run_is_refused_and_a_killed_runs_lock_is_not(straight, tiny_workdir, tmp_path):
   workdir = fresh_workdir(tiny_workdir, tmp_path / 'locked')
-  first = subprocess.Popen([sys.executable, os.path.join(REPO, 'run.py'), 'pretrain', *ARGS,
-                            '--config.train.steps=100000', f'--workdir={workdir}'], env=ENV,
-                           cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+  first = start_cli('pretrain', *ARGS, '--config.train.steps=100000', f'--workdir={workdir}')
   try:
     deadline = time.time() + 120
     while not (workdir / 'checkpoints' / '10').is_dir():

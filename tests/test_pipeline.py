@@ -2,16 +2,14 @@
 SIGTERM during SFT and a re-run that finishes without redoing pretraining, the report
 card's files, and the checks that refuse a changed config before any work."""
 import json
-import os
 import re
 import signal
 import subprocess
-import sys
 import time
 
 import pytest
 
-from tests.cli_helpers import REPO, run_cli, tree_hashes
+from tests.cli_helpers import run_cli, start_cli, tree_hashes
 
 pytestmark = pytest.mark.slow
 
@@ -38,11 +36,8 @@ def finished(tmp_path_factory):
   it again to the end. Returns (workdir, first run's output, second run's output,
   pretrain's files after the first run)."""
   workdir = tmp_path_factory.mktemp('pipeline') / 'run'
-  env = dict(os.environ)
-  env.pop('XLA_FLAGS', None)
-  first = subprocess.Popen([sys.executable, 'run.py', 'pipeline', *CUT_DOWN, f'--workdir={workdir}'],
-                           cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                           text=True)
+  first = start_cli('pipeline', *CUT_DOWN, f'--workdir={workdir}', stdout=subprocess.PIPE,
+                    stderr=subprocess.STDOUT, text=True)
   saved = workdir / 'sft' / 'checkpoints' / '4'
   deadline = time.time() + 600
   while not saved.is_dir() and first.poll() is None and time.time() < deadline:

@@ -10,7 +10,7 @@ import time
 import numpy as np
 import pytest
 
-from tests.cli_helpers import REPO, fresh_workdir, run_cli
+from tests.cli_helpers import REPO, fresh_workdir, run_cli, start_cli
 
 pytestmark = pytest.mark.slow
 FAST = ['--config=configs/tiny.py', '--config.data.seq_len=64', '--config.train.batch_size=8',
@@ -71,10 +71,7 @@ def test_sigkill_then_resume_is_bitwise_identical(tiny_workdir, tmp_path):
   straight = _fresh(tiny_workdir, tmp_path, 'straight')
   assert run_cli('pretrain', *args, f'--workdir={straight}').returncode == 0
   killed = _fresh(tiny_workdir, tmp_path, 'killed')
-  env = {k: v for k, v in os.environ.items() if k != 'XLA_FLAGS'}
-  proc = subprocess.Popen([sys.executable, os.path.join(REPO, 'run.py'), 'pretrain', *args,
-                           f'--workdir={killed}'], env=env, cwd=REPO,
-                          stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+  proc = start_cli('pretrain', *args, f'--workdir={killed}')
   deadline = time.time() + 300
   while not os.path.isdir(os.path.join(killed, 'checkpoints', '10')):
     assert time.time() < deadline and proc.poll() is None
@@ -102,10 +99,8 @@ def test_sigterm_saves_a_complete_resumable_checkpoint(tiny_workdir, tmp_path):
   workdir = _fresh(tiny_workdir, tmp_path)
   args = [*FAST, '--config.train.steps=100000', '--config.checkpoint.save_every_steps=0',
           '--config.train.eval_every=0']
-  env = {k: v for k, v in os.environ.items() if k != 'XLA_FLAGS'}
-  proc = subprocess.Popen([sys.executable, os.path.join(REPO, 'run.py'), 'pretrain', *args,
-                           f'--workdir={workdir}'], env=env, cwd=REPO, text=True,
-                          stdout=subprocess.PIPE, stderr=subprocess.DEVNULL)
+  proc = start_cli('pretrain', *args, f'--workdir={workdir}', text=True,
+                   stdout=subprocess.PIPE)
   metrics = os.path.join(workdir, 'metrics.jsonl')
   deadline = time.time() + 300
   while not (os.path.exists(metrics) and len(open(metrics).readlines()) >= 5):

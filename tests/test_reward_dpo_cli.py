@@ -1,13 +1,12 @@
 """`run.py reward` / `run.py dpo` errors a user can cause: one `error:` line, exit 2,
 and the workdirs left as they were (an existing one unchanged, a new one not created)."""
-import json
 import os
 import shutil
 
 import pytest
 
-from tests.cli_helpers import tree_hashes as _tree_hashes
-from tests.cli_helpers import fresh_workdir, run_cli
+from tests.cli_helpers import one_line_error, other_tokenizer, run_cli, tiny_pretrain
+from tests.cli_helpers import tree_hashes, write_jsonl
 
 pytestmark = pytest.mark.slow
 SMALL = ['--config.train.batch_size=4', '--config.train.eval_batches=1',
@@ -17,44 +16,10 @@ CONFIG = {'reward': '--config=configs/reward_tiny.py', 'dpo': '--config=configs/
 GOOD = {'prompt': 'What is the capital of France?', 'chosen': 'Paris.', 'rejected': 'Rome.'}
 
 
-def _one_line_error(result, fragment):
-  assert result.returncode == 2, (result.returncode, result.stderr[-2000:])
-  lines = result.stderr.strip().splitlines()
-  assert lines, 'no stderr'
-  assert lines[-1].startswith('error: ') and fragment in lines[-1], lines[-1]
-  assert sum(l.startswith('error: ') for l in lines) == 1, lines
-  assert not any('Traceback' in l for l in lines), result.stderr[-2000:]
-
-
-def _jsonl(path, lines):
-  with open(path, 'w') as f:
-    for line in lines:
-      f.write((line if isinstance(line, str) else json.dumps(line)) + '\n')
-  return str(path)
-
-
-def _other_tokenizer(directory):
-  """A tokenizer of the same size as the tiny one, trained on a sample of its lines."""
-  from configs import tiny
-  from data_pipeline import documents, embedded
-  from data_pipeline import tokenizer as tokenizer_lib
-  config = tiny.get_config()
-  config.tokenizer.max_sentences = 3000
-  tokenizer = tokenizer_lib.train_tokenizer(
-      documents.iter_documents(embedded.TRAIN_FILES, config.data), config.tokenizer)
-  tokenizer_lib.save_tokenizer(tokenizer, str(directory))
-  return tokenizer
-
-
 @pytest.fixture(scope='module')
 def setup(tiny_workdir, tmp_path_factory):
   root = tmp_path_factory.mktemp('reward_dpo_cli')
-  p = fresh_workdir(tiny_workdir, root / 'pretrain')
-  result = run_cli('pretrain', '--config=configs/tiny.py', f'--workdir={p}',
-                   '--config.train.steps=10', '--config.train.batch_size=4',
-                   '--config.train.eval_every=0', '--config.checkpoint.save_every_steps=10',
-                   '--config.train.peak_tflops=1')
-  assert result.returncode == 0, result.stderr[-2000:]
+  p = tiny_pretrain(tiny_workdir, root / 'pretrain')
   # A reward workdir holding a run (full, 2 steps): reward errors must leave it as it is,
   # and dpo must refuse it as --init_from.
   existing = root / 'reward'
@@ -63,7 +28,7 @@ def setup(tiny_workdir, tmp_path_factory):
   assert result.returncode == 0, result.stderr[-2000:]
   # A workdir that already has another tokenizer, and a copy of P whose tokenizer was
   # replaced after its checkpoint was trained.
-  other = _other_tokenizer(root / 'other_tok' / 'tokenizer')
+  other = other_tokenizer(root / 'other_tok' / 'tokenizer')
   retokenized = root / 'retokenized'
   shutil.copytree(p, retokenized)
   shutil.rmtree(retokenized / 'tokenizer')
@@ -73,15 +38,15 @@ def setup(tiny_workdir, tmp_path_factory):
       str(p / 'tokenizer' / 'tokenizer.model')).fingerprint
   long_prompt = ' '.join(['Please explain, in careful detail, why the sky looks blue.'] * 3)
   files = {
-      'not_json': _jsonl(root / 'not_json.jsonl', [GOOD, '{"prompt": "a", "chosen": oops']),
-      'no_rejected': _jsonl(root / 'no_rejected.jsonl', [
+      'not_json': write_jsonl(root / 'not_json.jsonl', [GOOD, '{"prompt": "a", "chosen": oops']),
+      'no_rejected': write_jsonl(root / 'no_rejected.jsonl', [
           GOOD, {'prompt': 'Hi', 'chosen': 'Hello!'}]),
-      'identical': _jsonl(root / 'identical.jsonl', [
+      'identical': write_jsonl(root / 'identical.jsonl', [
           dict(GOOD, rejected='Paris.'), {'prompt': 'Hi', 'chosen': 'Hello!', 'rejected': 'Hello!'},
           {'chosen': [{'role': 'user', 'content': 'Hi'}, {'role': 'assistant', 'content': 'Yo'}],
            'rejected': [{'role': 'user', 'content': 'Hi'},
                         {'role': 'assistant', 'content': 'Yo'}]}]),
-      'long_prompts': _jsonl(root / 'long_prompts.jsonl', [
+      'long_prompts': write_jsonl(root / 'long_prompts.jsonl', [
           dict(GOOD, prompt=long_prompt), dict(GOOD, prompt=long_prompt + ' Now.')]),
   }
   return {'p': str(p), 'existing': existing, 'other_tok': root / 'other_tok', 'root': root,
@@ -132,12 +97,12 @@ def _run(stage, setup, workdir, flags):
 def test_error_is_one_line_and_touches_nothing(setup, tmp_path, name, stage, flags, fragment):
   """--init_from (and the reward workdir dpo refuses) never change either."""
   watched = [setup['p'], setup['existing'], setup['retokenized']]
-  before = [_tree_hashes(w) for w in watched]
+  before = [tree_hashes(w) for w in watched]
   assert 'checkpoints/2/' in before[1]
   new = stage == 'dpo' or name.endswith('_new')
   workdir = tmp_path / 'new' if new else setup['existing']
-  _one_line_error(_run(stage, setup, workdir, flags(setup)), fragment)
-  assert [_tree_hashes(w) for w in watched] == before
+  one_line_error(_run(stage, setup, workdir, flags(setup)), fragment)
+  assert [tree_hashes(w) for w in watched] == before
   if new:
     assert not workdir.exists(), os.listdir(workdir)
 
@@ -145,19 +110,19 @@ def test_error_is_one_line_and_touches_nothing(setup, tmp_path, name, stage, fla
 @pytest.mark.parametrize('stage', ['reward', 'dpo'])
 def test_workdir_with_another_tokenizer_is_refused(setup, stage):
   workdir = setup['other_tok']
-  before, p_before = _tree_hashes(workdir), _tree_hashes(setup['p'])
+  before, p_before = tree_hashes(workdir), tree_hashes(setup['p'])
   assert 'tokenizer/tokenizer.model' in before and 'checkpoints/' not in before
-  _one_line_error(_run(stage, setup, workdir, []),
-                  f'the tokenizer at {workdir}/tokenizer/tokenizer.model differs from the one '
-                  '--init_from was trained with')
-  assert _tree_hashes(workdir) == before
-  assert _tree_hashes(setup['p']) == p_before
+  one_line_error(_run(stage, setup, workdir, []),
+                 f'the tokenizer at {workdir}/tokenizer/tokenizer.model differs from the one '
+                 '--init_from was trained with')
+  assert tree_hashes(workdir) == before
+  assert tree_hashes(setup['p']) == p_before
 
 
 def test_reward_resume_with_another_method_is_an_error(setup):
   existing = setup['existing']
-  before = _tree_hashes(existing)
-  _one_line_error(_run('reward', setup, existing, ['--config.reward.method=lora']),
-                  'but the checkpoints in this workdir were trained with full')
+  before = tree_hashes(existing)
+  one_line_error(_run('reward', setup, existing, ['--config.reward.method=lora']),
+                 'but the checkpoints in this workdir were trained with full')
   # Refused after WORKDIR/.lock was taken: the lock is released and removed again.
-  assert _tree_hashes(existing) == before
+  assert tree_hashes(existing) == before

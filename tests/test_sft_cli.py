@@ -1,12 +1,10 @@
 """`run.py sft` errors a user can cause: one `error:` line, exit code 2, and the
 workdir left as it was (not created, or its files unchanged)."""
-import json
 import os
 
 import pytest
 
-from tests.cli_helpers import tree_hashes as _tree_hashes
-from tests.cli_helpers import fresh_workdir, run_cli
+from tests.cli_helpers import fresh_workdir, one_line_error, run_cli, tree_hashes, write_jsonl
 
 pytestmark = pytest.mark.slow
 SFT = ['--config=configs/sft_tiny.py', '--config.train.batch_size=4',
@@ -14,22 +12,6 @@ SFT = ['--config=configs/sft_tiny.py', '--config.train.batch_size=4',
        '--config.train.peak_tflops=1']
 GOOD = {'messages': [{'role': 'user', 'content': 'Hi'},
                      {'role': 'assistant', 'content': 'Hello!'}]}
-
-
-def _one_line_error(result, fragment):
-  assert result.returncode == 2, (result.returncode, result.stderr[-2000:])
-  lines = result.stderr.strip().splitlines()
-  assert lines, 'no stderr'
-  assert lines[-1].startswith('error: ') and fragment in lines[-1], lines[-1]
-  assert sum(l.startswith('error: ') for l in lines) == 1, lines
-  assert not any('Traceback' in l for l in lines), result.stderr[-2000:]
-
-
-def _jsonl(path, lines):
-  with open(path, 'w') as f:
-    for line in lines:
-      f.write((line if isinstance(line, str) else json.dumps(line)) + '\n')
-  return str(path)
 
 
 @pytest.fixture(scope='module')
@@ -41,11 +23,11 @@ def setup(tiny_workdir, tmp_path_factory):
                    '--config.checkpoint.save_every_steps=20', '--config.train.peak_tflops=1')
   assert result.returncode == 0, result.stderr[-2000:]
   files = {
-      'not_json': _jsonl(root / 'not_json.jsonl', [GOOD, '{"messages": [oops']),
-      'no_fields': _jsonl(root / 'no_fields.jsonl', [{'text': 'just text', 'id': 1}]),
-      'bad_role': _jsonl(root / 'bad_role.jsonl', [GOOD, {'messages': [
+      'not_json': write_jsonl(root / 'not_json.jsonl', [GOOD, '{"messages": [oops']),
+      'no_fields': write_jsonl(root / 'no_fields.jsonl', [{'text': 'just text', 'id': 1}]),
+      'bad_role': write_jsonl(root / 'bad_role.jsonl', [GOOD, {'messages': [
           {'role': 'user', 'content': 'Hi'}, {'role': 'bot', 'content': 'Hello'}]}]),
-      'no_assistant': _jsonl(root / 'no_assistant.jsonl', [
+      'no_assistant': write_jsonl(root / 'no_assistant.jsonl', [
           {'messages': [{'role': 'user', 'content': 'Hi'}]},
           {'messages': [{'role': 'system', 'content': 'Be nice.'},
                         {'role': 'user', 'content': 'Hello?'}]}]),
@@ -110,12 +92,12 @@ CASES = [
 @pytest.mark.parametrize('name,flags,fragment', CASES, ids=[c[0] for c in CASES])
 def test_error_leaves_existing_workdir_unchanged(setup, name, flags, fragment):
   existing = setup['existing']
-  p_before = _tree_hashes(setup['p'])
-  before = _tree_hashes(existing)
+  p_before = tree_hashes(setup['p'])
+  before = tree_hashes(existing)
   assert 'config.json' in before and 'checkpoints/2/' in before
-  _one_line_error(run_cli('sft', *SFT, f'--workdir={existing}', *flags(setup)), fragment)
-  assert _tree_hashes(existing) == before
-  assert _tree_hashes(setup['p']) == p_before
+  one_line_error(run_cli('sft', *SFT, f'--workdir={existing}', *flags(setup)), fragment)
+  assert tree_hashes(existing) == before
+  assert tree_hashes(setup['p']) == p_before
 
 
 @pytest.mark.parametrize('name,flags,fragment',
@@ -125,14 +107,14 @@ def test_error_leaves_existing_workdir_unchanged(setup, name, flags, fragment):
                          ids=lambda c: c if isinstance(c, str) else '')
 def test_error_creates_no_workdir(setup, tmp_path, name, flags, fragment):
   workdir = tmp_path / 'new'
-  _one_line_error(run_cli('sft', *SFT, f'--workdir={workdir}', *flags(setup)), fragment)
+  one_line_error(run_cli('sft', *SFT, f'--workdir={workdir}', *flags(setup)), fragment)
   assert not workdir.exists(), os.listdir(workdir)
 
 
 def test_resume_with_another_method_is_an_error(setup):
   existing = setup['existing']
-  before = _tree_hashes(existing)
-  _one_line_error(run_cli('sft', *SFT, f'--workdir={existing}', f'--init_from={setup["p"]}',
-                          '--config.sft.method=full', '--config.train.steps=4'),
-                  'sft.method=full but the checkpoints in this workdir were trained with lora')
-  assert _tree_hashes(existing) == before
+  before = tree_hashes(existing)
+  one_line_error(run_cli('sft', *SFT, f'--workdir={existing}', f'--init_from={setup["p"]}',
+                         '--config.sft.method=full', '--config.train.steps=4'),
+                 'sft.method=full but the checkpoints in this workdir were trained with lora')
+  assert tree_hashes(existing) == before

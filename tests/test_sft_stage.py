@@ -1,17 +1,15 @@
 """`run.py sft` as a user runs it: full, LoRA and prompt tuning from a pretrain
 workdir, what each saves, and a bitwise resume after SIGKILL."""
-import hashlib
 import json
 import os
 import signal
-import subprocess
-import sys
 import time
 
 import numpy as np
 import pytest
 
-from tests.cli_helpers import REPO, fresh_workdir, run_cli
+from tests.cli_helpers import file_hashes, fresh_workdir, read_records, restore_state, run_cli
+from tests.cli_helpers import start_cli
 
 pytestmark = pytest.mark.slow
 SFT = ['--config=configs/sft_tiny.py', '--config.train.batch_size=4',
@@ -22,38 +20,16 @@ ADAPTED = ('wk', 'wo', 'wq', 'wv')
 MLP_ADAPTED = ('w_down', 'w_gate', 'w_up')
 
 
-def _tree_hashes(root):
-  """{relative path: sha256} of every file under root."""
-  out = {}
-  for directory, _, names in os.walk(root):
-    for name in names:
-      path = os.path.join(directory, name)
-      with open(path, 'rb') as f:
-        out[os.path.relpath(path, root)] = hashlib.sha256(f.read()).hexdigest()
-  return out
-
-
 def _dir_bytes(path):
   return sum(os.path.getsize(os.path.join(d, n)) for d, _, names in os.walk(path) for n in names)
 
 
-def _records(workdir):
-  with open(os.path.join(workdir, 'metrics.jsonl')) as f:
-    return [json.loads(line) for line in f]
-
-
 def _evals(workdir):
-  return {r['step']: r for r in _records(workdir) if 'eval_loss' in r}
+  return {r['step']: r for r in read_records(workdir) if 'eval_loss' in r}
 
 
 def _losses(workdir):
-  return {r['step']: r['loss'] for r in _records(workdir) if 'loss' in r}
-
-
-def _state(workdir, step):
-  import orbax.checkpoint as ocp
-  return ocp.StandardCheckpointer().restore(
-      os.path.join(workdir, 'checkpoints', str(step), 'state'))
+  return {r['step']: r['loss'] for r in read_records(workdir) if 'loss' in r}
 
 
 def _leaves(tree):
@@ -75,14 +51,14 @@ def pretrained(tiny_workdir, tmp_path_factory):
 def runs(pretrained, tmp_path_factory):
   """One short SFT run per method, from the same pretrain workdir."""
   root = tmp_path_factory.mktemp('sft_runs')
-  before = _tree_hashes(pretrained)
+  before = file_hashes(pretrained)
   out = {}
   for method in ('full', 'lora', 'prompt'):
     workdir = root / method
     result = run_cli('sft', *SFT, f'--workdir={workdir}', f'--init_from={pretrained}',
                      f'--config.sft.method={method}', f'--config.train.steps={STEPS}')
     out[method] = (workdir, result)
-  return {'runs': out, 'before': before, 'after': _tree_hashes(pretrained),
+  return {'runs': out, 'before': before, 'after': file_hashes(pretrained),
           'pretrained': pretrained}
 
 
@@ -124,7 +100,7 @@ def test_full_and_lora_start_from_the_same_model(runs):
 def test_lora_checkpoint_holds_only_adapters(runs):
   lora_dir = runs['runs']['lora'][0]
   full_dir = runs['runs']['full'][0]
-  state = _state(lora_dir, STEPS)
+  state = restore_state(lora_dir, STEPS)
   params = state['params']
   assert sorted(params) == ['block_0', 'block_1']
   for block in params.values():
@@ -144,7 +120,7 @@ def test_lora_checkpoint_holds_only_adapters(runs):
   assert not any(name in p for p in paths for name in ('embed', 'lm_head', 'norm'))
   n_params = sum(x.size for _, x in _leaves(params))
   assert n_params == 38912
-  full_params = _state(full_dir, STEPS)['params']
+  full_params = restore_state(full_dir, STEPS)['params']
   assert sum(x.size for _, x in _leaves(full_params)) > 20 * n_params
   lora_bytes = _dir_bytes(os.path.join(lora_dir, 'checkpoints', str(STEPS)))
   full_bytes = _dir_bytes(os.path.join(full_dir, 'checkpoints', str(STEPS)))
@@ -161,7 +137,7 @@ def test_lora_checkpoint_holds_only_adapters(runs):
 
 def test_prompt_checkpoint_holds_only_the_soft_prompt(runs):
   workdir = runs['runs']['prompt'][0]
-  params = _state(workdir, STEPS)['params']
+  params = restore_state(workdir, STEPS)['params']
   assert list(params) == ['prompt']
   assert params['prompt'].shape == (16, 128)  # num_virtual_tokens x d_model
   evals = _evals(workdir)
@@ -191,7 +167,7 @@ def test_saved_adapters_load_as_the_merged_model(runs):
   merged, prompt = restore_params.model_params(
       lora_ckpts, STEPS, restore_params.read_meta(lora_ckpts, STEPS), spec)
   assert prompt is None
-  adapters = _state(runs['runs']['lora'][0], STEPS)['params']
+  adapters = restore_state(runs['runs']['lora'][0], STEPS)['params']
   want = jax.device_get(lora.merge(base, adapters, 16.0 / 8))
   got = jax.device_get(merged)
   assert jax.tree.structure(got) == jax.tree.structure(want)
@@ -205,7 +181,7 @@ def test_saved_adapters_load_as_the_merged_model(runs):
   for x, y in zip(jax.tree.leaves(base), jax.tree.leaves(jax.device_get(params))):
     np.testing.assert_array_equal(x, y)
   np.testing.assert_array_equal(np.asarray(prompt),
-                                _state(runs['runs']['prompt'][0], STEPS)['params']['prompt'])
+                                restore_state(runs['runs']['prompt'][0], STEPS)['params']['prompt'])
 
 
 def test_init_from_a_step_directory_or_a_prompt_checkpoint(runs):
@@ -236,10 +212,7 @@ def test_sft_sigkill_then_resume_is_bitwise_identical(pretrained, tmp_path):
   result = run_cli('sft', *args, f'--workdir={straight}')
   assert result.returncode == 0, result.stderr[-2000:]
   killed = tmp_path / 'killed'
-  env = {k: v for k, v in os.environ.items() if k != 'XLA_FLAGS'}
-  proc = subprocess.Popen([sys.executable, os.path.join(REPO, 'run.py'), 'sft', *args,
-                           f'--workdir={killed}'], env=env, cwd=REPO,
-                          stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+  proc = start_cli('sft', *args, f'--workdir={killed}')
   deadline = time.time() + 300
   while not os.path.isdir(os.path.join(killed, 'checkpoints', '10')):
     assert time.time() < deadline and proc.poll() is None
@@ -254,7 +227,7 @@ def test_sft_sigkill_then_resume_is_bitwise_identical(pretrained, tmp_path):
   a, b = _losses(straight), _losses(killed)  # later lines (the resumed run's) win
   assert sorted(a) == list(range(1, 31))
   assert [a[s] for s in range(1, 31)] == [b[s] for s in range(1, 31)]
-  sa, sb = _state(straight, 30), _state(killed, 30)
+  sa, sb = restore_state(straight, 30), restore_state(killed, 30)
   la, lb = _leaves(sa), _leaves(sb)
   assert [p for p, _ in la] == [p for p, _ in lb]
   for (path, x), (_, y) in zip(la, lb):
