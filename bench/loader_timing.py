@@ -21,6 +21,7 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, REPO)
 
 import grain  # noqa: E402
+import numpy as np  # noqa: E402
 
 from data_pipeline import pretrain_loader  # noqa: E402
 
@@ -29,8 +30,11 @@ def per_document_dataset(source, tokenizer, *, seq_len, batch_size, seed, text_f
                          add_bos=True, process_index=0, process_count=1, num_threads=2,
                          prefetch=8):
   """The loader before chunking: one document per Grain element, Grain's packer."""
-  def tokenize(record):
-    ids = pretrain_loader.tokenize_chunk([record], tokenizer, text_field, add_bos)[0]
+  def tokenize(record):  # one SentencePiece call per document, as before
+    text = record[text_field]
+    text = text.decode('utf-8', errors='replace') if isinstance(text, bytes) else text
+    ids = ([tokenizer.bos_id] if add_bos else []) + tokenizer.encode(text) + [tokenizer.eos_id]
+    ids = np.asarray(ids, dtype=np.int32)
     return {'inputs': ids[:-1], 'targets': ids[1:]}
   ds = pretrain_loader.documents_dataset(source, seed=seed, shuffle=True,
                                          process_index=process_index,

@@ -47,10 +47,13 @@ def document_indices(length, *, seed, shuffle, process_index, process_count, num
 
 
 def documents_dataset(source, *, seed, shuffle, process_index, process_count, num_epochs):
-  """The records in the order `make_dataset` reads them (one at a time)."""
-  return document_indices(len(source), seed=seed, shuffle=shuffle, process_index=process_index,
-                          process_count=process_count, num_epochs=num_epochs).map(
-                              lambda i: source[int(i)])
+  """The records in the order `make_dataset` reads them, one Grain element each (the
+  same shuffle and slice as `document_indices`, over the source itself)."""
+  ds = grain.MapDataset.source(source)
+  if shuffle:
+    ds = ds.shuffle(seed=seed)
+  ds = ds[process_index::process_count]
+  return ds.repeat(num_epochs)
 
 
 def make_dataset(source, tokenizer, *, seq_len, batch_size, seed, text_field='text',
