@@ -16,6 +16,7 @@ from engine import restore_params
 from engine import train_state
 from engine import train_step
 from model import lora
+from tests.model_helpers import assert_trees_close, assert_updates_agree
 
 ALL = ('wq', 'wk', 'wv', 'wo', 'w_gate', 'w_up', 'w_down')
 
@@ -241,20 +242,6 @@ def _lora_step(config, devices, base, adapters, batch, scale):
           float(sums['loss'] / sums['count']), jax.device_get(frozen))
 
 
-def _assert_trees_close(a, b, rtol):
-  for (path, x), y in zip(jax.tree_util.tree_leaves_with_path(a), jax.tree.leaves(b)):
-    scale = np.abs(x).max()
-    assert scale > 0, path
-    assert np.abs(x - y).max() <= rtol * scale, (path, np.abs(x - y).max(), scale)
-
-
-def _assert_updates_agree(a, b, lr):
-  diffs = np.concatenate([np.abs(x - y).ravel() for x, y in zip(jax.tree.leaves(a),
-                                                                jax.tree.leaves(b))])
-  assert np.mean(diffs <= 1e-3 * lr) >= 0.999
-  assert diffs.max() <= 2 * lr
-
-
 def test_sharded_lora_step_equals_single_device_and_trains_only_adapters(single):
   assert len(jax.devices()) == 8
   _, base = single
@@ -271,8 +258,8 @@ def test_sharded_lora_step_equals_single_device_and_trains_only_adapters(single)
   assert abs(m1['loss'] - m8['loss']) <= 1e-5 * abs(m1['loss'])
   assert abs(l1 - l8) <= 1e-5 * l1
   assert abs(m1['loss'] - np.log(2048)) < 0.5
-  _assert_trees_close(g1, g8, rtol=1e-5)
-  _assert_updates_agree(p1, p8, one.train.learning_rate)
+  assert_trees_close(g1, g8, rtol=1e-5)
+  assert_updates_agree(p1, p8, one.train.learning_rate)
   # Only the adapters are state; both A and B moved (B != 0, so A has a gradient).
   assert jax.tree.structure(p1) == jax.tree.structure(adapters)
   for (path, new), old in zip(jax.tree_util.tree_leaves_with_path(p1),

@@ -9,6 +9,7 @@ from engine import optimizer
 from engine import train_state
 from engine import lm_loss
 from engine import train_step
+from tests.model_helpers import assert_trees_close, assert_updates_agree
 
 
 def _config(**mesh):
@@ -51,24 +52,6 @@ def _one_step(config, devices, batch):
           jax.device_get(grads), float(ce / count))
 
 
-def _assert_trees_close(a, b, rtol):
-  """Per tensor, max |a - b| <= rtol * max |a|.
-
-  Relative to each tensor's scale, not elementwise: a different reduction order
-  (sharded sums) moves near-zero entries by more than 1e-5 of themselves.
-  """
-  for (path, x), y in zip(jax.tree_util.tree_leaves_with_path(a), jax.tree.leaves(b)):
-    scale = np.abs(x).max()
-    assert np.abs(x - y).max() <= rtol * scale, (path, np.abs(x - y).max(), scale)
-
-
-def _assert_updates_agree(a, b, lr):
-  diffs = np.concatenate([np.abs(x - y).ravel() for x, y in zip(jax.tree.leaves(a),
-                                                                jax.tree.leaves(b))])
-  assert np.mean(diffs <= 1e-3 * lr) >= 0.999
-  assert diffs.max() <= 2 * lr  # at worst one entry's Adam step flips sign
-
-
 def test_sharded_step_equals_single_device():
   assert len(jax.devices()) == 8
   single = _config()
@@ -78,10 +61,10 @@ def test_sharded_step_equals_single_device():
   p8, m8, g8, l8 = _one_step(sharded, jax.devices(), batch)
   assert abs(m1['loss'] - m8['loss']) <= 1e-5 * abs(m1['loss'])
   assert abs(l1 - l8) <= 1e-5 * l1
-  _assert_trees_close(g1, g8, rtol=1e-5)
+  assert_trees_close(g1, g8, rtol=1e-5)
   # Adam divides by sqrt(v): a gradient entry near 0 turns reduction-order noise
   # into a visible step, so updated params agree to a fraction of one lr step.
-  _assert_updates_agree(p1, p8, single.train.learning_rate)
+  assert_updates_agree(p1, p8, single.train.learning_rate)
   assert m1['tokens'] == 8 * 64 - 5
 
 
@@ -93,8 +76,8 @@ def test_four_microbatches_equal_one_batch():
   p1, m1, g1, _ = _one_step(whole, jax.devices()[:1], batch)
   p4, m4, g4, _ = _one_step(accumulated, jax.devices()[:1], batch)
   assert abs(m1['loss'] - m4['loss']) <= 1e-6 * m1['loss']
-  _assert_trees_close(g1, g4, rtol=1e-5)
-  _assert_updates_agree(p1, p4, whole.train.learning_rate)
+  assert_trees_close(g1, g4, rtol=1e-5)
+  assert_updates_agree(p1, p4, whole.train.learning_rate)
 
 
 def test_initial_loss_is_near_uniform():
