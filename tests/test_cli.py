@@ -4,7 +4,7 @@ import os
 
 import pytest
 
-from tests.cli_helpers import run_cli
+from tests.cli_helpers import file_hashes, run_cli
 
 
 def _assert_one_line_error(result, *fragments):
@@ -13,16 +13,6 @@ def _assert_one_line_error(result, *fragments):
   assert len(lines) == 1 and lines[0].startswith('error: '), result.stderr
   for fragment in fragments:
     assert fragment in lines[0], lines[0]
-
-
-def _snapshot(directory):
-  out = {}
-  for root, _, names in os.walk(directory):
-    for name in names:
-      path = os.path.join(root, name)
-      with open(path, 'rb') as f:
-        out[os.path.relpath(path, directory)] = f.read()
-  return out
 
 
 @pytest.fixture(scope='module')
@@ -68,13 +58,13 @@ BAD_INPUTS = [
 
 @pytest.mark.parametrize('extra,fragments', BAD_INPUTS)
 def test_bad_input_is_one_line_exit_2_and_workdir_untouched(prepared_workdir, extra, fragments):
-  before = _snapshot(prepared_workdir)
+  before = file_hashes(prepared_workdir)
   args = ['prepare', f'--workdir={prepared_workdir}']
   if not any(a.startswith('--config=') for a in extra):
     args.append('--config=configs/tiny.py')
   result = run_cli(*args, *extra)
   _assert_one_line_error(result, *fragments)
-  assert _snapshot(prepared_workdir) == before
+  assert file_hashes(prepared_workdir) == before
 
 
 def test_unknown_nested_key_without_config_is_one_line(tmp_path):
