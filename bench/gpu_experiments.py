@@ -13,7 +13,10 @@ measurement (monkeypatches, so nothing here changes the model for others):
 - `save_attn`: remat 'dots' also keeps the fused attention's forward outputs
   (else the backward pass recomputes the attention forward);
 - `remat_none`: no rematerialisation;
-- `profile`: trace three more steps and summarise them (bench/gpu_trace.py).
+- `profile`: trace three more steps and summarise them (bench/gpu_trace.py);
+- `docs8`, `flatopt`, `sgdopt`, `plainloss`: options of `jax_step.measure` (at most
+  8 documents a row; AdamW over one flat vector; plain SGD, the least any update
+  costs; the loss without its custom VJP).
 Groups run in their own processes, each with its XLA_FLAGS. `--smoke`: tiny
 shapes on CPU with the cuDNN call replaced by `reference` (checks the plumbing).
 """
@@ -30,7 +33,11 @@ sys.path.insert(0, REPO)
 
 CMDBUF_ALL = ('--xla_gpu_enable_command_buffer='
               'FUSION,CUBLAS,CUBLASLT,CUSTOM_CALL,CUDNN,CONDITIONAL,WHILE')
+STEP_OPTIONS = ('docs8', 'flatopt', 'sgdopt', 'plainloss')  # passed to jax_step.measure
 GROUPS = [  # (name, XLA_FLAGS, shape, variants in order of priority)
+    # Where gpt2_124m's ~12 ms of non-matmul work goes after the loss change: the op
+    # profile, and what the optimizer's ~110 per-tensor updates cost (run: --groups=next).
+    ('next', '', 'gpt2_124m', ['profile', 'flatopt', 'sgdopt', 'docs8', 'docs8+flatopt']),
     ('default', '', 'gpt2_124m', ['profile', 'hoist', 'nocond', 'fuse_proj', 'hoist+fuse_proj']),
     ('default_llama', '', 'llama_1b', ['base', 'save_attn', 'hoist+save_attn', 'remat_none']),
     ('cmdbuf_cond', CMDBUF_ALL, 'gpt2_124m', ['base', 'hoist']),
@@ -160,8 +167,9 @@ def run_group(args):
       trace_dir = os.path.join(args.trace_root, f'{args.group}-{variant}') if (
           'profile' in features) else None
       try:
+        kernel = '/'.join(['cudnn'] + [o for o in STEP_OPTIONS if o in features])
         with patched(features, cfg):
-          row.update(jax_step.measure(cfg, 'cudnn', batch, seq_len, steps=args.steps,
+          row.update(jax_step.measure(cfg, kernel, batch, seq_len, steps=args.steps,
                                       peak=peak, trace_dir=trace_dir))
       except Exception as e:  # noqa: BLE001 -- record, go on with the next
         row['error'] = f'{type(e).__name__}: {str(e)[:1500]}'

@@ -64,11 +64,22 @@ def project_token_loss(logits, targets, weights):
   return ce / jnp.maximum(count, 1.0)
 
 
-def make_step(model_cfg, token_loss=project_token_loss):
-  model = transformer.Transformer(model_cfg, rngs=nnx.Rngs(0))
-  graphdef, params = nnx.split(model)
+def optimizer(kind='adamw'):
+  """The project's update (clipping + AdamW); for A/B rows on one device, 'flat' =
+  the same update over all parameters as one vector (`optax.flatten`: one fused
+  kernel instead of several per tensor), 'sgd' = p - lr·g alone (what any update
+  costs at least)."""
+  if kind == 'sgd':
+    return optax.sgd(3e-4)
   tx = optax.chain(optax.clip_by_global_norm(1.0),
                    optax.adamw(3e-4, b1=0.9, b2=0.95, eps=1e-8, weight_decay=0.1))
+  return optax.flatten(tx) if kind == 'flat' else tx
+
+
+def make_step(model_cfg, token_loss=project_token_loss, optimizer_kind='adamw'):
+  model = transformer.Transformer(model_cfg, rngs=nnx.Rngs(0))
+  graphdef, params = nnx.split(model)
+  tx = optimizer(optimizer_kind)
   opt_state = tx.init(params)
 
   def loss_fn(params, batch):
@@ -90,7 +101,8 @@ def measure(model_cfg, kernel, batch, seq_len, steps=5, peak=None, trace_dir=Non
   'cudnn:16' = the packed kernel with 16 document slots per row). Options after
   '/', for A/B rows: 'docs8' = at most 8 documents per row (the packed kernel
   never falls back), 'plainloss' = `plain_token_loss`, 'dotsonly' = remat 'dots'
-  without keeping the fused attention's outputs."""
+  without keeping the fused attention's outputs, 'flatopt' / 'sgdopt' = `optimizer`'s
+  'flat' / 'sgd' update."""
   kernel, *options = kernel.split('/')
   name, _, slots = kernel.partition(':')
   model_cfg.attention = 'cudnn' if name == 'cudnn_masked' else name
@@ -100,7 +112,8 @@ def measure(model_cfg, kernel, batch, seq_len, steps=5, peak=None, trace_dir=Non
   if 'dotsonly' in options:
     transformer.REMAT_POLICIES['dots'] = jax.checkpoint_policies.checkpoint_dots_with_no_batch_dims
   with max_segments(slots):
-    step, params, opt_state = make_step(model_cfg, loss)
+    opt_kind = 'flat' if 'flatopt' in options else 'sgd' if 'sgdopt' in options else 'adamw'
+    step, params, opt_state = make_step(model_cfg, loss, opt_kind)
     data = jax.device_put(packed_batch(batch, seq_len, model_cfg.vocab_size,
                                        max_docs=8 if 'docs8' in options else None))
     start = time.perf_counter()

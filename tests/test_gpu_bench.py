@@ -102,3 +102,22 @@ def test_benchmark_batch_caps_documents_per_row():
       assert runs.max() > 8  # the default batch makes the packed kernel fall back
     starts = np.concatenate([np.ones((16, 1), bool), np.diff(seg, axis=1) != 0], axis=1)
     assert (batch['positions'][starts] == 0).all()
+
+
+def test_prepared_experiments_run_on_cpu_and_the_flat_update_is_the_same(tmp_path):
+  """`gpu_experiments.py --groups=next --smoke`: every variant measures, and AdamW over one
+  flat vector trains as the per-tensor update (the same loss after the timed steps)."""
+  import json
+  import subprocess
+  import sys
+  out = tmp_path / 'next.json'
+  subprocess.run([sys.executable, 'bench/gpu_experiments.py', '--smoke', '--groups=next',
+                  f'--out={out}', f'--trace_root={tmp_path}/traces'], check=True,
+                 capture_output=True, text=True, timeout=600,
+                 cwd=os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+  rows = {r['variant']: r for r in json.loads(out.read_text())['groups'][0]['rows']}
+  assert set(rows) == {'profile', 'flatopt', 'sgdopt', 'docs8', 'docs8+flatopt'}
+  assert all(r['tokens_per_s'] > 0 for r in rows.values()), rows
+  assert abs(rows['docs8+flatopt']['last_loss'] - rows['docs8']['last_loss']) < 1e-5
+  assert rows['flatopt']['first_loss'] == rows['sgdopt']['first_loss']  # same start
+  assert rows['sgdopt']['last_loss'] != rows['flatopt']['last_loss']  # another update
