@@ -36,8 +36,8 @@ def get_config():
   data.add_bos = True  # prefix each document with BOS (EOS always ends it)
   data.num_shards = 0  # independent data streams; 0 = one per process (set it to keep
   #                       the exact data order when the process count changes)
-  data.num_threads = 2  # Grain reader threads (tokenisation runs there)
-  data.prefetch = 8  # Grain prefetch buffer, in elements
+  data.num_threads = 2  # Grain reader threads (reading and tokenisation run there)
+  data.prefetch = 8  # Grain prefetch buffer, in elements (pretraining: chunks of 64 documents)
   data.chat_format = 'auto'  # chat JSONL: 'auto' (per file), 'messages', 'prompt_completion', 'alpaca'
 
   config.tokenizer = tok = ml_collections.ConfigDict()
