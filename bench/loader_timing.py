@@ -77,7 +77,8 @@ def measure(config, workdir, *, batch_size, seq_len, threads=(1, 2), batches=60,
   """{'loader_tokens_per_s': {threads: best}, 'per_document_tokens_per_s': {...}}."""
   source, tokenizer = open_prepared(config, workdir)
   kwargs = dict(seq_len=seq_len, batch_size=batch_size, seed=config.seed,
-                text_field=config.data.text_field, add_bos=config.data.add_bos)
+                text_field=config.data.text_field, add_bos=config.data.add_bos,
+                prefetch=config.data.prefetch)  # one data shard's stream
   out = {'loader_tokens_per_s': {}, 'per_document_tokens_per_s': {}}
   for _ in range(repeats):  # alternating, so both see the same machine load
     for n in threads:

@@ -18,7 +18,7 @@ from commands import pipeline_stages as stages_lib
 from configs import stages as stage_configs
 from configs import validate as validate_lib
 from configs.errors import UserError
-from engine import checkpointing
+from engine.checkpoint_steps import finished_steps
 
 STAGES = flags.DEFINE_list('stages', list(stages_lib.ORDER), 'Stages to run, a subset of '
                            f'{",".join(stages_lib.ORDER)} (always run in that order).')
@@ -58,11 +58,11 @@ def _folders(workdir):
 
 
 def _final_checkpoint(folder, step):
-  return step in checkpointing.finished_steps(folder)
+  return step in finished_steps(folder)
 
 
 def _latest_checkpoint(folder):
-  steps = checkpointing.finished_steps(folder)
+  steps = finished_steps(folder)
   return steps[-1] if steps else None
 
 

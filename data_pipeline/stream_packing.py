@@ -20,7 +20,7 @@ in it. Restoring re-reads one chunk; nothing else is replayed.
 import grain
 import numpy as np
 
-from configs.errors import UserError
+from configs.errors import DataStateMismatch
 
 STATE_KEYS = {'chunk_parent', 'document', 'offset', 'documents_per_chunk'}
 
@@ -72,44 +72,58 @@ class _PackedRowsIterator(grain.DatasetIterator):
     targets = np.zeros(length, np.int32)
     segment_ids = np.zeros(length, np.int32)
     positions = np.zeros(length, np.int32)
-    filled, segment = 0, 0
-    while filled < length:
+    filled, segment, visited = 0, 0, False
+    while True:
       ids = self._current_document()
       if ids is None:
         break
-      take = min(len(ids) - 1 - self._offset, length - filled)  # a document of n ids has n - 1 inputs
-      if take > 0:
-        end, start = filled + take, self._offset
-        inputs[filled:end] = ids[start:start + take]
-        targets[filled:end] = ids[start + 1:start + take + 1]
-        segment += 1
-        segment_ids[filled:end] = segment
-        positions[filled:end] = self._arange[:take]
-        filled, self._offset = end, start + take
-      if self._offset >= len(ids) - 1:
+      left = len(ids) - 1 - self._offset  # a document of n ids has n - 1 inputs
+      if left <= 0:  # an empty document ([EOS] alone) takes a segment id and no token,
+        segment, visited = segment + 1, True  # also in a full row, as Grain's packer
         self._document, self._offset = self._document + 1, 0
-    if filled == 0:
+        continue
+      if filled == length:
+        break
+      take = min(left, length - filled)
+      end, start = filled + take, self._offset
+      inputs[filled:end] = ids[start:start + take]
+      targets[filled:end] = ids[start + 1:start + take + 1]
+      segment, visited = segment + 1, True
+      segment_ids[filled:end] = segment
+      positions[filled:end] = self._arange[:take]
+      filled, self._offset = end, start + take
+      if take == left:
+        self._document, self._offset = self._document + 1, 0
+    if not visited:
       raise StopIteration
     return {'inputs': inputs, 'targets': targets, 'segment_ids': segment_ids,
             'positions': positions}
 
   def get_state(self):
+    if self._chunk is not None and self._document >= len(self._chunk):
+      # At a chunk's end: name the next chunk, so a restore does not re-read this one.
+      return {'chunk_parent': self._parent.get_state(), 'document': 0, 'offset': 0,
+              'documents_per_chunk': self.documents_per_chunk}
     return {'chunk_parent': self._chunk_parent, 'document': self._document,
             'offset': self._offset, 'documents_per_chunk': self.documents_per_chunk}
 
   def set_state(self, state):
-    if not isinstance(state, dict) or set(state) != STATE_KEYS:
-      raise UserError('the checkpoint holds a data-iterator state of another loader version '
-                      f'(keys {sorted(state) if isinstance(state, dict) else type(state)}); '
-                      'start this run in a new workdir or with --noresume')
-    if state['documents_per_chunk'] != self.documents_per_chunk:
-      raise UserError(f"the checkpoint's data position counts chunks of "
-                      f"{state['documents_per_chunk']} documents and this loader reads "
-                      f'{self.documents_per_chunk}; resume with the version that wrote it, '
-                      'or start in a new workdir')
+    check_state(state, self.documents_per_chunk)
     self._parent.set_state(state['chunk_parent'])
     self._chunk_parent, self._chunk = state['chunk_parent'], None
     self._document, self._offset = 0, 0
     if state['document'] or state['offset']:
       self._chunk = next(self._parent)  # the chunk the saved position is in, read again
       self._document, self._offset = state['document'], state['offset']
+
+
+def check_state(state, documents_per_chunk):
+  """Raises DataStateMismatch unless `state` is this packer's, for this chunk size."""
+  if not isinstance(state, dict) or set(state) != STATE_KEYS:
+    raise DataStateMismatch(
+        'the checkpoint holds a data-iterator state of another loader version (keys '
+        f'{sorted(state) if isinstance(state, dict) else type(state).__name__})')
+  if state['documents_per_chunk'] != documents_per_chunk:
+    raise DataStateMismatch(
+        f"the checkpoint's data position counts chunks of {state['documents_per_chunk']} "
+        f'documents and this loader reads {documents_per_chunk}')

@@ -21,16 +21,6 @@ ARCHITECTURE_FIELDS = ('num_layers', 'd_model', 'num_heads', 'num_kv_heads', 'he
                        'mlp_dim', 'vocab_size', 'tie_embeddings', 'rope_theta', 'norm_eps')
 
 
-def finished_steps(workdir):
-  """Steps of WORKDIR/checkpoints/ whose metadata item is written, ascending; read
-  from the file system alone (no Orbax manager), for planning and reports."""
-  directory = os.path.join(workdir, 'checkpoints')
-  if not os.path.isdir(directory):
-    return []
-  return sorted(int(name) for name in os.listdir(directory) if name.isdigit() and
-                os.path.isfile(os.path.join(directory, name, 'meta', 'metadata')))
-
-
 class _FrozenIteratorState:
   """The iterator state captured at save time; the async writer may run later,
   when the live iterator has already moved on."""

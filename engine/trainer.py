@@ -22,6 +22,7 @@ from jax.experimental import multihost_utils
 import numpy as np
 from tqdm import tqdm
 
+from configs.errors import DataStateMismatch
 from configs.errors import UserError
 from data_pipeline.global_batch import make_global_batch
 from engine import checkpointing
@@ -194,7 +195,11 @@ class Trainer:
     integrity.verify(state, meta.get(integrity.META_KEY), f'checkpoint {step}')
     wanted = set(stage.data_iter.get_state()['shards'])
     if data_state is not None and wanted <= set(data_state.get('shards', {})):
-      stage.data_iter.set_state({'shards': {s: data_state['shards'][s] for s in wanted}})
+      try:
+        stage.data_iter.set_state({'shards': {s: data_state['shards'][s] for s in wanted}})
+      except DataStateMismatch as e:  # checked before any shard moves: the stream is fresh
+        logging.warning('checkpoint %d: %s; the data stream restarts', step, e)
+        self._say(f'warning: {e}; the weights are restored and the data stream restarts')
     else:
       logging.warning('checkpoint %d holds no data state for shards %s (a different '
                       'data.num_shards?); the data stream restarts', step, sorted(wanted))

@@ -6,6 +6,7 @@ import numpy as np
 
 from configs import tiny
 from engine import checkpointing
+from engine.checkpoint_steps import finished_steps
 from engine import mesh as mesh_lib
 from engine import optimizer
 from engine import train_state
@@ -67,5 +68,5 @@ def test_finished_steps_lists_only_steps_with_metadata(tmp_path):
     (root / name / 'meta').mkdir(parents=True)
     if with_meta:
       (root / name / 'meta' / 'metadata').write_text('{}')
-  assert checkpointing.finished_steps(str(tmp_path)) == [20, 100]
-  assert checkpointing.finished_steps(str(tmp_path / 'nowhere')) == []
+  assert finished_steps(str(tmp_path)) == [20, 100]
+  assert finished_steps(str(tmp_path / 'nowhere')) == []

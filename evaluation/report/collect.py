@@ -11,7 +11,7 @@ import statistics
 import subprocess
 
 from configs.errors import UserError
-from engine import checkpointing
+from engine.checkpoint_steps import finished_steps
 
 STAGES = ('pretrain', 'sft', 'reward', 'dpo', 'ppo')
 STAGE_FILES = ('config.json', 'metrics.jsonl', 'checkpoints')
@@ -103,7 +103,7 @@ def stage_record(workdir, stage, pipeline_stage=None):
     return {'status': 'not run'}
   config = read_json(os.path.join(stage_dir, 'config.json'))
   rows = read_metrics(os.path.join(stage_dir, 'metrics.jsonl'))
-  steps = checkpointing.finished_steps(stage_dir)
+  steps = finished_steps(stage_dir)
   last_meta = checkpoint_meta(stage_dir, steps[-1]) if steps else {}
   config = config or last_meta.get('config')
   pipeline_stage = pipeline_stage or {}
