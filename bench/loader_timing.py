@@ -31,8 +31,7 @@ def per_document_dataset(source, tokenizer, *, seq_len, batch_size, seed, text_f
                          prefetch=8):
   """The loader before chunking: one document per Grain element, Grain's packer."""
   def tokenize(record):  # one SentencePiece call per document, as before
-    text = record[text_field]
-    text = text.decode('utf-8', errors='replace') if isinstance(text, bytes) else text
+    text = pretrain_loader.record_text(record, text_field)
     ids = ([tokenizer.bos_id] if add_bos else []) + tokenizer.encode(text) + [tokenizer.eos_id]
     ids = np.asarray(ids, dtype=np.int32)
     return {'inputs': ids[:-1], 'targets': ids[1:]}

@@ -24,7 +24,8 @@ def _read(source, indices):
   return getitems(list(indices)) if getitems else [source[int(i)] for i in indices]
 
 
-def _text(record, text_field):
+def record_text(record, text_field):
+  """A record's text as str (TFDS gives bytes; invalid UTF-8 is replaced)."""
   text = record[text_field]
   return text.decode('utf-8', errors='replace') if isinstance(text, bytes) else text
 
@@ -33,27 +34,27 @@ def tokenize_chunk(records, tokenizer, text_field, add_bos):
   """[BOS] + ids + [EOS] of each record, int32 arrays (BOS only with `add_bos`)."""
   head = [tokenizer.bos_id] if add_bos else []
   return [np.asarray(head + ids + [tokenizer.eos_id], dtype=np.int32)
-          for ids in tokenizer.encode_batch([_text(r, text_field) for r in records])]
+          for ids in tokenizer.encode_batch([record_text(r, text_field) for r in records])]
 
 
-def document_indices(length, *, seed, shuffle, process_index, process_count, num_epochs):
-  """Record indices as a MapDataset: global shuffle (reseeded each epoch), then this
-  process's slice, so per epoch the processes' shares are disjoint and complete."""
-  ds = grain.MapDataset.range(length)
+def _in_order(ds, *, seed, shuffle, process_index, process_count, num_epochs):
+  """Global shuffle (reseeded each epoch), then this process's slice, so per epoch the
+  processes' shares are disjoint and complete."""
   if shuffle:
     ds = ds.shuffle(seed=seed)
   ds = ds[process_index::process_count]
   return ds.repeat(num_epochs)
 
 
-def documents_dataset(source, *, seed, shuffle, process_index, process_count, num_epochs):
-  """The records in the order `make_dataset` reads them, one Grain element each (the
-  same shuffle and slice as `document_indices`, over the source itself)."""
-  ds = grain.MapDataset.source(source)
-  if shuffle:
-    ds = ds.shuffle(seed=seed)
-  ds = ds[process_index::process_count]
-  return ds.repeat(num_epochs)
+def document_indices(length, **order):
+  """Record indices as a MapDataset, in the order `make_dataset` reads them."""
+  return _in_order(grain.MapDataset.range(length), **order)
+
+
+def documents_dataset(source, **order):
+  """The records themselves in that order, one Grain element each (the same shuffle
+  and slice as `document_indices`: both depend only on the length and the seed)."""
+  return _in_order(grain.MapDataset.source(source), **order)
 
 
 def make_dataset(source, tokenizer, *, seq_len, batch_size, seed, text_field='text',
