@@ -10,6 +10,19 @@ from engine import train_state
 LN2 = float(np.float32(np.log(2)))
 
 
+def mesh_config(**mesh):
+  """The tiny config at 8 rows × 64 tokens with no warmup (a non-zero learning rate at
+  the first step), on a mesh of the given axis sizes (1 where not given)."""
+  from configs import tiny
+  config = tiny.get_config()
+  config.train.batch_size = 8
+  config.data.seq_len = 64
+  config.train.warmup_steps = 0
+  for axis, size in {'data': 1, 'fsdp': 1, 'tensor': 1, **mesh}.items():
+    config.mesh[axis] = size
+  return config
+
+
 def single_spec(config):
   """The model of `config` on a one-device mesh."""
   return train_state.ModelSpec(config.model, mesh_lib.make_mesh(config.mesh, jax.devices()[:1]))

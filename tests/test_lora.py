@@ -7,7 +7,6 @@ import numpy as np
 import pytest
 from jax.sharding import PartitionSpec
 
-from configs import tiny
 from configs.errors import UserError
 from engine import lm_loss
 from engine import mesh as mesh_lib
@@ -16,19 +15,9 @@ from engine import restore_params
 from engine import train_state
 from engine import train_step
 from model import lora
-from tests.model_helpers import assert_trees_close, assert_updates_agree
+from tests.model_helpers import assert_trees_close, assert_updates_agree, mesh_config
 
 ALL = ('wq', 'wk', 'wv', 'wo', 'w_gate', 'w_up', 'w_down')
-
-
-def _config(**mesh):
-  config = tiny.get_config()
-  config.train.batch_size = 8
-  config.data.seq_len = 64
-  config.train.warmup_steps = 0
-  for axis, size in {'data': 1, 'fsdp': 1, 'tensor': 1, **mesh}.items():
-    config.mesh[axis] = size
-  return config
 
 
 def _spec(config, devices):
@@ -37,7 +26,7 @@ def _spec(config, devices):
 
 @pytest.fixture(scope='module')
 def single():
-  spec = _spec(_config(), jax.devices()[:1])
+  spec = _spec(mesh_config(), jax.devices()[:1])
   base = jax.device_get(jax.jit(spec.init_params)(jax.random.key(0)))
   return spec, base
 
@@ -107,7 +96,7 @@ def test_fresh_adapters_leave_the_model_unchanged(single):
   assert jax.tree.structure(merged) == jax.tree.structure(base)
   for x, y in zip(jax.tree.leaves(base), jax.tree.leaves(merged)):
     np.testing.assert_array_equal(x, y)
-  batch = _tokens(_config())
+  batch = _tokens(mesh_config())
   np.testing.assert_array_equal(_logits(spec, base, batch), _logits(spec, merged, batch))
   assert lora.count(adapters) == 2 * sum(
       (128 * 4 + 4 * n) for n in (128, 64, 64)) + 2 * (128 * 4 + 4 * 128) + 2 * 2 * (
@@ -146,7 +135,7 @@ def test_merge_is_w_plus_scale_a_b(single):
   np.testing.assert_array_equal(merged['block_0']['attn_norm']['scale'],
                                 base['block_0']['attn_norm']['scale'])
   # Logits of the merged tree equal the model run with the hand-merged params.
-  batch = _tokens(_config())
+  batch = _tokens(mesh_config())
   got, want_logits = _logits(spec, merged, batch), _logits(spec, by_hand, batch)
   np.testing.assert_allclose(got, want_logits, rtol=1e-4, atol=1e-4 * np.abs(want_logits).max())
   assert np.abs(got - _logits(spec, base, batch)).max() > 1e-3
@@ -185,7 +174,7 @@ def test_rank_and_target_checks(single):
 
 
 def test_adapter_shardings_follow_the_adapted_weights():
-  config = _config(data=2, fsdp=2, tensor=2)
+  config = mesh_config(data=2, fsdp=2, tensor=2)
   spec = _spec(config, jax.devices())
   shardings = restore_params.adapter_shardings(spec, ALL)
   got = jax.tree.map(lambda s: s.spec, shardings['block_0'])
@@ -248,7 +237,7 @@ def test_sharded_lora_step_equals_single_device_and_trains_only_adapters(single)
   rank, scale = 8, 16.0 / 8
   adapters = _random_b(jax.device_get(lora.init_adapters(
       jax.random.key(1), jax.eval_shape(lambda: base), ALL, rank)), seed=1, scale=0.02)
-  one, eight = _config(), _config(data=2, fsdp=2, tensor=2)
+  one, eight = mesh_config(), mesh_config(data=2, fsdp=2, tensor=2)
   batch = _tokens(one, seed=3)
   p1, m1, g1, l1, f1 = _lora_step(one, jax.devices()[:1], base, adapters, batch, scale)
   p8, m8, g8, l8, f8 = _lora_step(eight, jax.devices(), base, adapters, batch, scale)
@@ -276,7 +265,7 @@ def test_fresh_lora_first_step_moves_only_b(single):
   _, base = single
   adapters = jax.device_get(lora.init_adapters(
       jax.random.key(1), jax.eval_shape(lambda: base), ALL, 4))
-  config = _config()
+  config = mesh_config()
   config.train.weight_decay = 0.0
   batch = _tokens(config, seed=4)
   p1, m1, g1, _, _ = _lora_step(config, jax.devices()[:1], base, adapters, batch, 4.0)

@@ -4,7 +4,6 @@ import jax
 import numpy as np
 import pytest
 
-from configs import tiny
 from data_pipeline import preference
 from data_pipeline import preference_embedded
 from engine import mesh as mesh_lib
@@ -16,17 +15,13 @@ from model import scalar_head
 from posttrain import dpo
 from posttrain import reward
 from posttrain.trainable import Trainable
-from tests.model_helpers import LN2, assert_trees_close, assert_updates_agree, single_spec
+from tests.model_helpers import (LN2, assert_trees_close, assert_updates_agree, mesh_config,
+                                  single_spec)
 
 
 def _mesh_config(**mesh):
-  config = tiny.get_config()
-  config.train.batch_size = 8
-  config.data.seq_len = 64
-  config.train.warmup_steps = 0
+  config = mesh_config(**mesh)
   config.sft.lora_rank = 4
-  for axis, size in {'data': 1, 'fsdp': 1, 'tensor': 1, **mesh}.items():
-    config.mesh[axis] = size
   return config
 
 

@@ -3,23 +3,12 @@ import jax
 import numpy as np
 import pytest
 
-from configs import tiny
 from engine import mesh as mesh_lib
 from engine import optimizer
 from engine import train_state
 from engine import lm_loss
 from engine import train_step
-from tests.model_helpers import assert_trees_close, assert_updates_agree
-
-
-def _config(**mesh):
-  config = tiny.get_config()
-  config.train.batch_size = 8
-  config.data.seq_len = 64
-  config.train.warmup_steps = 0  # a non-zero learning rate at the first step
-  for axis, size in {'data': 1, 'fsdp': 1, 'tensor': 1, **mesh}.items():
-    config.mesh[axis] = size
-  return config
+from tests.model_helpers import assert_trees_close, assert_updates_agree, mesh_config
 
 
 def _batch(config, seed=0):
@@ -54,8 +43,8 @@ def _one_step(config, devices, batch):
 
 def test_sharded_step_equals_single_device():
   assert len(jax.devices()) == 8
-  single = _config()
-  sharded = _config(data=2, fsdp=2, tensor=2)
+  single = mesh_config()
+  sharded = mesh_config(data=2, fsdp=2, tensor=2)
   batch = _batch(single)
   p1, m1, g1, l1 = _one_step(single, jax.devices()[:1], batch)
   p8, m8, g8, l8 = _one_step(sharded, jax.devices(), batch)
@@ -69,9 +58,9 @@ def test_sharded_step_equals_single_device():
 
 
 def test_four_microbatches_equal_one_batch():
-  batch = _batch(_config())
-  whole = _config()
-  accumulated = _config()
+  batch = _batch(mesh_config())
+  whole = mesh_config()
+  accumulated = mesh_config()
   accumulated.train.microbatches = 4
   p1, m1, g1, _ = _one_step(whole, jax.devices()[:1], batch)
   p4, m4, g4, _ = _one_step(accumulated, jax.devices()[:1], batch)
@@ -81,13 +70,13 @@ def test_four_microbatches_equal_one_batch():
 
 
 def test_initial_loss_is_near_uniform():
-  _, metrics, _, _ = _one_step(_config(), jax.devices()[:1], _batch(_config()))
+  _, metrics, _, _ = _one_step(mesh_config(), jax.devices()[:1], _batch(mesh_config()))
   assert abs(metrics['loss'] - np.log(2048)) < 0.1
 
 
 def test_mesh_that_does_not_divide_devices_is_a_user_error():
   from configs.errors import UserError
   with pytest.raises(UserError, match='needs 12 devices'):
-    mesh_lib.make_mesh(_config(data=3, fsdp=2, tensor=2).mesh, jax.devices())
+    mesh_lib.make_mesh(mesh_config(data=3, fsdp=2, tensor=2).mesh, jax.devices())
   with pytest.raises(UserError, match='does not divide 8 devices'):
-    mesh_lib.make_mesh(_config(data=-1, fsdp=3).mesh, jax.devices())
+    mesh_lib.make_mesh(mesh_config(data=-1, fsdp=3).mesh, jax.devices())
