@@ -5,8 +5,10 @@ import json
 import os
 import pathlib
 import shutil
+import signal
 import subprocess
 import sys
+import time
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -28,6 +30,22 @@ def start_cli(*args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, **pop
   """Starts `python run.py ...` (to be signalled or killed); returns the Popen."""
   return subprocess.Popen([sys.executable, os.path.join(REPO, 'run.py'), *args], cwd=REPO,
                           env=_env(), stdout=stdout, stderr=stderr, **popen_kwargs)
+
+
+def kill_at_checkpoint(command, args, workdir, step, timeout_s=300):
+  """Starts `run.py command *args`, SIGKILLs it as soon as WORKDIR/checkpoints/<step>
+  exists (failing if it exits or takes over `timeout_s` first) and returns the step
+  directories written by then, sorted."""
+  proc = start_cli(command, *args)
+  deadline = time.time() + timeout_s
+  try:
+    while not os.path.isdir(os.path.join(workdir, 'checkpoints', str(step))):
+      assert time.time() < deadline and proc.poll() is None, f'{command} never saved {step}'
+      time.sleep(0.01)
+  finally:
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+  return sorted(int(d) for d in os.listdir(os.path.join(workdir, 'checkpoints')) if d.isdigit())
 
 
 def one_line_error(result, fragment):

@@ -3,14 +3,11 @@ users know with KL exactly 0 at iteration 0, and a bitwise resume after SIGKILL.
 In-process checks of the stage are in test_ppo_inprocess.py, bad input in test_ppo_cli.py."""
 import json
 import math
-import os
-import signal
-import time
 
 import numpy as np
 import pytest
 
-from tests.cli_helpers import restore_state, run_cli, start_cli
+from tests.cli_helpers import kill_at_checkpoint, restore_state, run_cli
 from tests.ppo_helpers import PPO, by_step, ppo_roles
 
 pytestmark = pytest.mark.slow
@@ -92,16 +89,7 @@ def test_sigkill_then_resume_is_bitwise_identical(roles, straight, tmp_path):
   killed = tmp_path / 'killed'
   args = [*RUN, f'--workdir={killed}', f'--init_from={roles["p"]}',
           f'--reward_from={roles["r"]}']
-  proc = start_cli('ppo', *args)
-  deadline = time.time() + 300
-  try:
-    while not os.path.isdir(os.path.join(killed, 'checkpoints', '1')):
-      assert time.time() < deadline and proc.poll() is None
-      time.sleep(0.02)
-  finally:
-    proc.send_signal(signal.SIGKILL)
-    proc.wait()
-  done = sorted(int(d) for d in os.listdir(killed / 'checkpoints') if d.isdigit())
+  done = kill_at_checkpoint('ppo', args, killed, 1)
   assert STEPS not in done, done  # killed mid-run
   print(f'SIGKILL with checkpoints {done} written')
   resumed = run_cli('ppo', *args)

@@ -10,7 +10,7 @@ import time
 import numpy as np
 import pytest
 
-from tests.cli_helpers import REPO, fresh_workdir, run_cli, start_cli
+from tests.cli_helpers import REPO, fresh_workdir, kill_at_checkpoint, run_cli, start_cli
 
 pytestmark = pytest.mark.slow
 FAST = ['--config=configs/tiny.py', '--config.data.seq_len=64', '--config.train.batch_size=8',
@@ -71,13 +71,7 @@ def test_sigkill_then_resume_is_bitwise_identical(tiny_workdir, tmp_path):
   straight = _fresh(tiny_workdir, tmp_path, 'straight')
   assert run_cli('pretrain', *args, f'--workdir={straight}').returncode == 0
   killed = _fresh(tiny_workdir, tmp_path, 'killed')
-  proc = start_cli('pretrain', *args, f'--workdir={killed}')
-  deadline = time.time() + 300
-  while not os.path.isdir(os.path.join(killed, 'checkpoints', '10')):
-    assert time.time() < deadline and proc.poll() is None
-    time.sleep(0.05)
-  proc.send_signal(signal.SIGKILL)
-  proc.wait()
+  kill_at_checkpoint('pretrain', [*args, f'--workdir={killed}'], killed, 10)
   resumed = run_cli('pretrain', *args, f'--workdir={killed}')
   assert resumed.returncode == 0, resumed.stderr
   assert 'resumed from step' in resumed.stdout

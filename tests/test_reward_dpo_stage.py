@@ -3,8 +3,6 @@
 (--eval_files, --score_file) against scores recomputed from the saved params."""
 import json
 import os
-import signal
-import time
 
 import jax
 import numpy as np
@@ -13,8 +11,8 @@ import pytest
 from configs import tiny
 from data_pipeline import chat_template
 from data_pipeline import preference
-from tests.cli_helpers import file_hashes, read_records, restore_state, run_cli, start_cli
-from tests.cli_helpers import tiny_pretrain
+from tests.cli_helpers import file_hashes, read_records, restore_state, run_cli
+from tests.cli_helpers import kill_at_checkpoint, tiny_pretrain
 from tests.model_helpers import LN2, single_spec
 
 SMALL = ['--config.train.batch_size=4', '--config.train.eval_batches=1',
@@ -82,14 +80,7 @@ def test_reward_sigkill_then_resume_is_bitwise_identical(reward_run):
   args, straight = reward_run['args'], reward_run['straight']
   assert 'reward: full; ' in reward_run['stdout']
   killed = reward_run['root'] / 'killed'
-  proc = start_cli('reward', *args, f'--workdir={killed}')
-  deadline = time.time() + 300
-  while not os.path.isdir(os.path.join(killed, 'checkpoints', '10')):
-    assert time.time() < deadline and proc.poll() is None
-    time.sleep(0.01)
-  proc.send_signal(signal.SIGKILL)
-  proc.wait()
-  done = sorted(int(d) for d in os.listdir(killed / 'checkpoints') if d.isdigit())
+  done = kill_at_checkpoint('reward', [*args, f'--workdir={killed}'], killed, 10)
   assert 40 not in done, done  # killed mid-run
   resumed = run_cli('reward', *args, f'--workdir={killed}')
   assert resumed.returncode == 0, resumed.stderr[-2000:]

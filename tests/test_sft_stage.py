@@ -2,14 +2,12 @@
 workdir, what each saves, and a bitwise resume after SIGKILL."""
 import json
 import os
-import signal
-import time
 
 import numpy as np
 import pytest
 
 from tests.cli_helpers import file_hashes, fresh_workdir, read_records, restore_state, run_cli
-from tests.cli_helpers import start_cli
+from tests.cli_helpers import kill_at_checkpoint
 
 pytestmark = pytest.mark.slow
 SFT = ['--config=configs/sft_tiny.py', '--config.train.batch_size=4',
@@ -212,14 +210,7 @@ def test_sft_sigkill_then_resume_is_bitwise_identical(pretrained, tmp_path):
   result = run_cli('sft', *args, f'--workdir={straight}')
   assert result.returncode == 0, result.stderr[-2000:]
   killed = tmp_path / 'killed'
-  proc = start_cli('sft', *args, f'--workdir={killed}')
-  deadline = time.time() + 300
-  while not os.path.isdir(os.path.join(killed, 'checkpoints', '10')):
-    assert time.time() < deadline and proc.poll() is None
-    time.sleep(0.02)
-  proc.send_signal(signal.SIGKILL)
-  proc.wait()
-  done = sorted(int(d) for d in os.listdir(killed / 'checkpoints') if d.isdigit())
+  done = kill_at_checkpoint('sft', [*args, f'--workdir={killed}'], killed, 10)
   assert 30 not in done  # killed mid-run
   resumed = run_cli('sft', *args, f'--workdir={killed}')
   assert resumed.returncode == 0, resumed.stderr[-2000:]
