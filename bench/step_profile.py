@@ -41,15 +41,16 @@ def _instructions(body):
 
 
 class OptimizedHlo:
-  """The entry computation's instructions and the fused computations they call."""
+  """Every computation's instructions (names are unique in a module), so ops inside a
+  loop body (gradient accumulation's microbatches) resolve as well as the entry's."""
 
   def __init__(self, text):
     self.computations = {m.group(1): m.group(2) for m in re.finditer(
         r'^(?:ENTRY )?%([\w.\-]+) .*?\{\n(.*?)^\}', text, re.M | re.S)}
-    entry = re.search(r'^ENTRY %?([\w.\-]+)', text, re.M).group(1)
     self.lines, self.shapes = {}, {}
-    for name, dims, line in _instructions(self.computations[entry]):
-      self.lines[name], self.shapes[name] = line, dims
+    for body in self.computations.values():
+      for name, dims, line in _instructions(body):
+        self.lines[name], self.shapes[name] = line, dims
 
   def body(self, name):
     line = self.lines.get(name, '')
@@ -85,14 +86,17 @@ class OptimizedHlo:
 
 
 def _op_times(trace_dir, steps):
+  """{op name: (seconds, runs)} per step; an op in a loop body runs once per iteration.
+  Every local device runs every op: runs are per device, seconds summed over them."""
   path = sorted(glob.glob(os.path.join(trace_dir, 'plugins/profile/*/*.trace.json.gz')))[-1]
   with gzip.open(path) as f:
     events = json.load(f)['traceEvents']
-  times = collections.Counter()
+  times, runs = collections.Counter(), collections.Counter()
   for e in events:
     if e.get('ph') == 'X' and not e['name'].startswith(_NOT_OPS):
       times[e['name']] += e['dur'] / 1e6 / steps
-  return times
+      runs[e['name']] += 1 / steps / jax.local_device_count()
+  return {name: (times[name], runs[name]) for name in times}
 
 
 def profile(config, trace_dir, steps=2):
@@ -112,12 +116,12 @@ def profile(config, trace_dir, steps=2):
     jax.profiler.stop_trace()
   matmuls = collections.defaultdict(lambda: [0, 0.0, 0])
   others = collections.defaultdict(lambda: [0.0, 0])
-  for name, seconds in _op_times(trace_dir, steps).items():
+  for name, (seconds, runs) in _op_times(trace_dir, steps).items():
     dots = hlo.matmuls(name)
     if dots:
       for flops, shape in dots:
         entry = matmuls[shape]
-        entry[0] += flops
+        entry[0] += flops * round(runs)
         entry[1] += seconds / len(dots)
         entry[2] += 1
     else:

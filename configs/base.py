@@ -7,13 +7,14 @@ import ml_collections
 
 
 def _stage(*, steps, batch_size, learning_rate, warmup_steps, weight_decay, eval_every,
-           eval_batches, save_every_steps, seq_len, log_every=10):
+           eval_batches, save_every_steps, seq_len, log_every=10, microbatches=1):
   """A post-training stage's own training keys (they replace train.*, checkpoint.*,
   data.seq_len of the pretraining config when that stage runs)."""
   return ml_collections.ConfigDict({
       'train': {'steps': steps, 'batch_size': batch_size, 'learning_rate': learning_rate,
                 'warmup_steps': warmup_steps, 'weight_decay': weight_decay,
-                'eval_every': eval_every, 'eval_batches': eval_batches, 'log_every': log_every},
+                'eval_every': eval_every, 'eval_batches': eval_batches, 'log_every': log_every,
+                'microbatches': microbatches},
       'checkpoint': {'save_every_steps': save_every_steps},
       'data': {'seq_len': seq_len}})
 

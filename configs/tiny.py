@@ -18,10 +18,16 @@ def get_config():
   config.data.seq_len = 128
   config.train.steps = 1500  # 1,000 steps end at 2.26 bits/byte, above xz (2.24); 1,500 reach 2.16
   config.train.batch_size = 16
+  # Four microbatches of 4 rows: on a 2-core CPU the step runs ~1.5x faster than one
+  # 16-row pass, whose activations and 2,048-wide logits do not stay in cache (same
+  # update up to summation order). SFT, reward and DPO likewise; PPO has ppo.minibatches.
+  config.train.microbatches = 4
   config.train.learning_rate = 3e-3
   config.train.warmup_steps = 50
   config.train.eval_every = 500
   config.checkpoint.save_every_steps = 500
+  for stage in ('sft', 'reward', 'dpo'):
+    config.pipeline[stage].train.microbatches = 4
   config.reward.center_coef = 0.01  # TRL's value; keeps the tiny reward model's scores near 0
   config.ppo.max_new_tokens = 32  # prompts get the other 96 tokens of pipeline.ppo's 128
   config.ppo.missing_eot_penalty = 1.0  # the tiny SFT model forgets to stop; make it pay

@@ -16,6 +16,7 @@ def mesh_config(**mesh):
   from configs import tiny
   config = tiny.get_config()
   config.train.batch_size = 8
+  config.train.microbatches = 1  # tiny's 4 would leave 2 rows for 4 data ways
   config.data.seq_len = 64
   config.train.warmup_steps = 0
   for axis, size in {'data': 1, 'fsdp': 1, 'tensor': 1, **mesh}.items():

@@ -65,12 +65,16 @@ def test_profile_counts_matmul_flops_from_optimized_hlo():
   assert found == sorted([2 * 32 * 16 * 8, 2 * 4 * 32 * 32 * 16])
 
 
-def test_profile_sees_every_matmul_of_the_train_step(tmp_path):
+@pytest.mark.parametrize('microbatches', [1, 4])
+def test_profile_sees_every_matmul_of_the_train_step(tmp_path, microbatches):
   """Traced matmul FLOPs = 6·N·tokens + the blocked attention's exact work,
-  per device (the tests' mesh splits the batch over 8 simulated devices)."""
+  per device (the tests' mesh splits the batch over 8 simulated devices), also when
+  the microbatches' matmuls run inside a loop body, once per microbatch."""
   import jax
   from bench import step_profile
   cfg = tiny.get_config()
+  cfg.train.microbatches = microbatches
+  cfg.train.batch_size = 8 * microbatches  # each microbatch: one row per simulated device
   m, b, t = cfg.model, cfg.train.batch_size, cfg.data.seq_len
   report = step_profile.profile(cfg, str(tmp_path / 'trace'), steps=1)
   hd, block = m.d_model // m.num_heads, m.attention_block

@@ -16,7 +16,8 @@ from tests.cli_helpers import fresh_workdir as _fresh
 
 pytestmark = pytest.mark.slow
 ARGS = ['pretrain', '--config=configs/tiny.py', '--config.data.seq_len=64',
-        '--config.train.batch_size=8', '--config.train.log_every=1',
+        '--config.train.batch_size=8', '--config.train.microbatches=2',  # 4 rows: 1 a device
+        '--config.train.log_every=1',
         '--config.train.eval_every=0', '--config.train.eval_batches=1',
         '--config.train.peak_tflops=1.0', '--config.data.num_shards=2',
         '--config.checkpoint.save_every_steps=3', '--config.checkpoint.keep=5']

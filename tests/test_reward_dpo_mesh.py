@@ -1,5 +1,6 @@
 """Reward model and DPO: one training step on 8 simulated devices (data=2, fsdp=2,
-tensor=2) equals the step on 1 device: metrics, gradients, updates."""
+tensor=2), and one of 4 microbatches (gradient accumulation), each equals the plain step
+on 1 device: metrics, gradients, updates."""
 import jax
 import numpy as np
 import pytest
@@ -51,18 +52,26 @@ def _step(config, devices, params, param_shardings_fn, frozen, frozen_shardings_
   state, shardings = train_state.state_from_params(
       jax.device_put(params, param_shardings), param_shardings, tx, mesh)
   loss_sums = loss_sums_fn(spec, config)
+  microbatches = config.train.microbatches
   grads, _ = train_step.with_mesh(mesh, jax.jit(lambda p, f, b: train_step.accumulate(
-      loss_sums, p, f, b, 1, mesh)))(state['params'], frozen, batch)
-  step = train_step.make_step(loss_sums, tx, schedule, shardings, mesh, 1, frozen_shardings)
+      loss_sums, p, f, b, microbatches, mesh)))(state['params'], frozen, batch)
+  step = train_step.make_step(loss_sums, tx, schedule, shardings, mesh, microbatches,
+                              frozen_shardings)
   new_state, metrics = step(state, frozen, batch)
   assert int(new_state['step']) == 1
   return jax.device_get(new_state['params']), jax.device_get(metrics), jax.device_get(grads)
 
 
-def _compare(run, config_kw):
-  one, eight = _mesh_config(), _mesh_config(**config_kw)
+# The other run: the batch's 8 pairs over 8 devices, or as 4 microbatches of 2 pairs.
+OTHER = {'8 devices': ({'data': 2, 'fsdp': 2, 'tensor': 2}, 1), '4 microbatches': ({}, 4)}
+
+
+def _compare(run, other):
+  mesh_kw, microbatches = OTHER[other]
+  one, eight = _mesh_config(), _mesh_config(**mesh_kw)
+  eight.train.microbatches = microbatches
   p1, m1, g1 = run(one, jax.devices()[:1])
-  p8, m8, g8 = run(eight, jax.devices())
+  p8, m8, g8 = run(eight, jax.devices()[:eight.mesh.data * eight.mesh.fsdp * eight.mesh.tensor])
   assert sorted(m1) == sorted(m8)
   for key in m1:
     scale = max(abs(float(m1[key])), 1e-3)
@@ -72,7 +81,8 @@ def _compare(run, config_kw):
   return m1, p1
 
 
-def test_sharded_reward_step_equals_single_device(mesh_inputs):
+@pytest.mark.parametrize('other', sorted(OTHER))
+def test_sharded_or_accumulated_reward_step_equals_single_device(mesh_inputs, other):
   assert len(jax.devices()) == 8
   base, batch = mesh_inputs
   rng = np.random.default_rng(1)
@@ -87,14 +97,16 @@ def test_sharded_reward_step_equals_single_device(mesh_inputs):
                  lambda spec: {'lm': spec.param_shardings,
                                'head': scalar_head.shardings(spec.mesh)},
                  {}, lambda spec: {}, loss_sums_fn, batch)
-  metrics, params = _compare(run, {'data': 2, 'fsdp': 2, 'tensor': 2})
+  metrics, params = _compare(run, other)
   assert metrics['tokens'] == 8  # pairs
   assert 0 < metrics['loss'] and np.isfinite(metrics['loss'])
   assert metrics['reward_min'] < metrics['reward_mean'] < metrics['reward_max']
   assert np.abs(params['head']['w'] - head['w']).max() > 0
 
 
-def test_sharded_dpo_step_equals_single_device(mesh_inputs, method='lora'):
+@pytest.mark.parametrize('other', sorted(OTHER))
+def test_sharded_or_accumulated_dpo_step_equals_single_device(mesh_inputs, other,
+                                                              method='lora'):
   base, batch = mesh_inputs
   config = _mesh_config()
   rng = np.random.default_rng(2)
@@ -118,7 +130,7 @@ def test_sharded_dpo_step_equals_single_device(mesh_inputs, method='lora'):
     return _step(config, devices, policy,
                  lambda spec: Trainable(method, spec, base, config.sft).param_shardings,
                  base, lambda spec: spec.param_shardings, loss_sums_fn, batch)
-  metrics, _ = _compare(run, {'data': 2, 'fsdp': 2, 'tensor': 2})
+  metrics, _ = _compare(run, other)
   assert metrics['tokens'] == 8
   assert metrics['rewards/margins'] != 0.0 and abs(metrics['loss'] - LN2) > 1e-4
   assert metrics['logps/chosen'] < 0
