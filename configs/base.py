@@ -163,7 +163,9 @@ def get_config():
 
   # `run.py report` (and the pipeline's last step): the evaluations behind the report card.
   config.report = report = ml_collections.ConfigDict()
-  report.eval_prompts = 48  # held-out prompts each model answers greedily for the task table
+  # Held-out prompts each model answers greedily (task table, reward-model score). 192
+  # (~15 per task): with 48 the score's standard error (~0.1) hid the models' differences.
+  report.eval_prompts = 192
   report.max_new_tokens = 48  # longest answer, to held-out and to fixed prompts
   report.prompts = (  # fixed prompts every model answers, side by side (zh and en)
       '你好，请介绍一下你自己。', 'What is your favorite book?',

@@ -111,3 +111,12 @@ def test_matmul_skeleton_is_the_same_function_in_torch():
                                    cfg.model.num_layers, torch.matmul,
                                    torch_reference.tile).numpy()
   np.testing.assert_allclose(ours, theirs, rtol=1e-4, atol=1e-6)
+
+
+def test_microbatch_timing_measures_every_count_in_alternating_rounds():
+  from bench import microbatch_timing
+  cfg = tiny.get_config()
+  cfg.data.seq_len = 32
+  rows = microbatch_timing.measure(cfg, [1, 2], rounds=2, steps=1)
+  assert [(r['microbatches'], r['round']) for r in rows] == [(1, 0), (2, 0), (1, 1), (2, 1)]
+  assert all(r['tokens_per_s'] > 0 and 0 < r['mfu'] and r['step_s'] > 0 for r in rows)

@@ -113,6 +113,7 @@ def test_the_report_card_is_built_and_every_image_it_shows_exists(finished):
     assert row['status'] == 'ok', (model, row)
     assert row['chat_loss'] > 0 and 0 <= row['end_of_turn_rate'] <= 1
     assert row['reward_model_score'] is not None
+    assert 0 < row['reward_model_score_stderr'] < 0.5  # over the held-out prompts
   for name in ('base', 'SFT', 'DPO', 'PPO'):
     assert name in markdown, name
   xz = data['bits_per_byte']['xz']['bits_per_byte']

@@ -221,3 +221,24 @@ def test_cli_without_stage_folders_is_one_error_line(tmp_path):
     lines = result.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith('error:') and 'pipeline' in lines[0]
   assert sorted(os.listdir(tmp_path)) == ['notes.txt']  # nothing written
+
+
+def test_reward_score_carries_its_standard_error_into_the_table():
+  import math
+  import statistics
+  from evaluation.report import tables
+  values = [0.3, -1.2, 0.8, 0.05, 2.0, -0.4]
+  mean = sum(values) / len(values)
+  by_hand = math.sqrt(sum((v - mean) ** 2 for v in values) / (len(values) - 1) / len(values))
+  assert abs(model_evals.stderr(values) - by_hand) < 1e-12
+  assert abs(model_evals.stderr(values) - statistics.stdev(values) / math.sqrt(6)) < 1e-12
+  assert model_evals.stderr([0.4]) == 0.0
+  cell = tables.with_stderr(0.6061, 0.0849)
+  assert cell == '0.606 ± 0.085' and render.is_number(cell)
+  assert tables.with_stderr(None, 0.1) == '-' and tables.with_stderr(0.5, None) == '0.500'
+  row = report_lib.model_row({'step': 3, 'chat': {
+      'loss': 1.0, 'perplexity': 2.7, 'exact_match': 0.0, 'f1': 0.1, 'languages': {},
+      'tasks': {}, 'language_ok_rate': 1.0, 'end_of_turn_rate': 1.0,
+      'repeat_4gram_rate': 0.0, 'answers': []}}, {'mean': 0.6061, 'stderr': 0.0849})
+  _, _, headers, rows = tables.model_table({'sft': row})
+  assert rows[1][headers.index('reward-model score')] == '0.606 ± 0.085'

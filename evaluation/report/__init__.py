@@ -33,7 +33,7 @@ def default_config(pipeline):
   return config
 
 
-def model_row(result, reward_score):
+def model_row(result, reward):
   if result is None:
     return {'status': 'not run'}
   if 'error' in result:
@@ -46,7 +46,9 @@ def model_row(result, reward_score):
           'end_of_turn_rate': chat['end_of_turn_rate'],
           'repeat_4gram_rate': chat['repeat_4gram_rate'],
           'pretrain_perplexity': chat.get('pretrain_perplexity'),
-          'reward_model_score': reward_score, 'answers': chat['answers']}
+          'reward_model_score': (reward or {}).get('mean'),
+          'reward_model_score_stderr': (reward or {}).get('stderr'),
+          'answers': chat['answers']}
 
 
 def xz_result(config, pretrain, cache_dir, write=True):

@@ -10,7 +10,9 @@ again and an unchanged one is not.
 """
 import hashlib
 import json
+import math
 import os
+import statistics
 
 from configs.errors import UserError
 from engine import integrity
@@ -88,9 +90,15 @@ def evaluate_model(config, stage, stage_dir, cache_dir, log=print):
     return {'error': str(e)}
 
 
+def stderr(values):
+  """Standard error of the mean (sample standard deviation / sqrt(n)); 0 for n < 2."""
+  return statistics.stdev(values) / math.sqrt(len(values)) if len(values) > 1 else 0.0
+
+
 def reward_scores(config, reward_dir, evaluated, cache_dir, log=print):
-  """{stage: mean reward-model score of its greedy held-out answers}; one reward-model
-  load for every model not already cached."""
+  """{stage: {'mean', 'stderr'}} of the reward model's scores of its greedy held-out
+  answers (stderr: of the mean, over the prompts); one reward-model load for every model
+  not already cached."""
   try:
     reward_step, reward_fingerprint = checkpoint_id(reward_dir)
   except ERRORS as e:
@@ -102,10 +110,10 @@ def reward_scores(config, reward_dir, evaluated, cache_dir, log=print):
     path = cache_path(cache_dir, f'{stage}_reward', result['step'], result['fingerprint'],
                       reward_fingerprint, result['answers'])
     cached = collect.read_json(path)
-    if cached is None:
+    if cached is None or 'stderr' not in cached:  # a cache entry from before the stderr
       todo.append((stage, path, result['answers']))
     else:
-      scores[stage] = cached['score']
+      scores[stage] = {'mean': cached['score'], 'stderr': cached['stderr']}
   if todo:
     log(f'report: reward model (step {reward_step}) scoring '
         f'{", ".join(stage for stage, _, _ in todo)}')
@@ -120,8 +128,9 @@ def reward_scores(config, reward_dir, evaluated, cache_dir, log=print):
     for stage, path, answers in todo:
       mine = flat[begin:begin + len(answers)]
       begin += len(answers)
-      scores[stage] = save_cached(path, {'score': sum(mine) / len(mine),
-                                         'reward_step': reward_step})['score']
+      saved = save_cached(path, {'score': sum(mine) / len(mine), 'stderr': stderr(mine),
+                                 'reward_step': reward_step})
+      scores[stage] = {'mean': saved['score'], 'stderr': saved['stderr']}
   return scores
 
 

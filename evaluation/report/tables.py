@@ -13,6 +13,11 @@ def num(value, digits=3):
   return f'{value:.{digits}f}'
 
 
+def with_stderr(value, stderr):
+  """'0.606 ± 0.085', or the value alone when there is no standard error."""
+  return num(value) if stderr is None or value is None else f'{num(value)} ± {num(stderr)}'
+
+
 def percent(value):
   return '-' if value is None else f'{100 * value:.1f}%'
 
@@ -48,13 +53,16 @@ def model_table(models, reward_error=None):
                  num(lang.get('zh', {}).get('exact_match')), num(lang.get('zh', {}).get('f1')),
                  num(lang.get('en', {}).get('exact_match')), num(lang.get('en', {}).get('f1')),
                  num(m.get('language_ok_rate')), num(m.get('end_of_turn_rate')),
-                 num(m.get('repeat_4gram_rate')), num(m.get('reward_model_score')),
+                 num(m.get('repeat_4gram_rate')),
+                 with_stderr(m.get('reward_model_score'), m.get('reward_model_score_stderr')),
                  num(m.get('pretrain_perplexity'), 2)])
   note = ('Held-out chat split: loss on assistant tokens; exact match (EM) and F1 of greedy '
           'answers against the references, by answer language; the share of answers in the '
           'expected language, ending with end-of-turn, repeating a 4-gram; the reward '
-          'model\'s mean score of those answers; the pretraining validation perplexity on its '
-          'first 16 batches (its rise after pretraining is forgetting).')
+          'model\'s mean score of those answers ± its standard error over the prompts (a '
+          'difference of less than about two of those between models is noise); the '
+          'pretraining validation perplexity on its first 16 batches (its rise after '
+          'pretraining is forgetting).')
   if reward_error:
     note += f' No reward-model scores: {reward_error}'
   return 'Models', note, headers, rows
