@@ -18,9 +18,10 @@ def get_config():
   config.data.seq_len = 128
   config.train.steps = 1500  # 1,000 steps end at 2.26 bits/byte, above xz (2.24); 1,500 reach 2.16
   config.train.batch_size = 16
-  # Four microbatches of 4 rows: on a 2-core CPU the step runs ~1.5x faster than one
-  # 16-row pass, whose activations and 2,048-wide logits do not stay in cache (same
-  # update up to summation order). SFT, reward and DPO likewise; PPO has ppo.minibatches.
+  # Four microbatches of 4 rows: on a 2-core CPU the step runs 1.3-1.5x faster than one
+  # 16-row pass, whose activations and 2,048-wide logits do not stay in cache (the same
+  # update up to summation order; bench/microbatch_timing.py). SFT, reward and DPO
+  # likewise; PPO has its own ppo.minibatches.
   config.train.microbatches = 4
   config.train.learning_rate = 3e-3
   config.train.warmup_steps = 50
