@@ -3,8 +3,9 @@
 A finished stage is skipped when the pipeline runs again, but only if the keys
 that shape its result (and those of the stages it starts from) are unchanged;
 otherwise the run stops before any work with a line naming the changed keys.
-Keys that only change logging, evaluation cadence, checkpointing or the mesh
-never count: a resumed run may change them.
+Keys that only change logging, evaluation cadence, checkpointing, the mesh or the
+microbatches (the same update up to summation order, as across meshes) never count:
+a resumed run may change them.
 """
 import hashlib
 import json
@@ -25,8 +26,8 @@ SECTIONS = {
     'ppo': ('seed', 'data', 'train', 'sft', 'ppo'),
 }
 IGNORED = ('train.log_every', 'train.eval_every', 'train.eval_batches', 'train.stop_after',
-           'train.peak_tflops', 'data.num_threads', 'data.prefetch', 'sft.eval_prompts',
-           'sft.max_new_tokens')
+           'train.peak_tflops', 'train.microbatches', 'data.num_threads', 'data.prefetch',
+           'sft.eval_prompts', 'sft.max_new_tokens')
 
 
 def _flat(tree, prefix=''):
