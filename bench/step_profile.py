@@ -41,14 +41,18 @@ def _instructions(body):
 
 
 class OptimizedHlo:
-  """Every computation's instructions (names are unique in a module), so ops inside a
-  loop body (gradient accumulation's microbatches) resolve as well as the entry's."""
+  """The instructions that run as ops: those of every computation but the fused ones
+  (names are unique in a module), so the ops of a loop body (gradient accumulation's
+  microbatches) resolve as well as the entry's; fused computations are their bodies."""
 
   def __init__(self, text):
     self.computations = {m.group(1): m.group(2) for m in re.finditer(
         r'^(?:ENTRY )?%([\w.\-]+) .*?\{\n(.*?)^\}', text, re.M | re.S)}
+    fused = set(re.findall(r' fusion\(.*calls=%?([\w.\-]+)', text))
     self.lines, self.shapes = {}, {}
-    for body in self.computations.values():
+    for computation, body in self.computations.items():
+      if computation in fused:
+        continue
       for name, dims, line in _instructions(body):
         self.lines[name], self.shapes[name] = line, dims
 
