@@ -114,6 +114,11 @@ def test_the_report_card_is_built_and_every_image_it_shows_exists(finished):
     assert row['chat_loss'] > 0 and 0 <= row['end_of_turn_rate'] <= 1
     assert row['reward_model_score'] is not None
     assert 0 < row['reward_model_score_stderr'] < 0.5  # over the held-out prompts
+    if model != 'sft':  # against SFT on the same 8 prompts
+      paired = row['reward_model_score_vs_sft']
+      assert paired['n'] == 8 and paired['stderr'] >= 0
+      assert abs(paired['mean'] - (row['reward_model_score']
+                                   - data['models']['sft']['reward_model_score'])) < 1e-6
   for name in ('base', 'SFT', 'DPO', 'PPO'):
     assert name in markdown, name
   xz = data['bits_per_byte']['xz']['bits_per_byte']

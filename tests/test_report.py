@@ -242,3 +242,25 @@ def test_reward_score_carries_its_standard_error_into_the_table():
       'repeat_4gram_rate': 0.0, 'answers': []}}, {'mean': 0.6061, 'stderr': 0.0849})
   _, _, headers, rows = tables.model_table({'sft': row})
   assert rows[1][headers.index('reward-model score')] == '0.606 ± 0.085'
+
+
+def test_paired_difference_matches_answers_by_prompt():
+  import math
+  import statistics
+  from evaluation.report import tables
+  prompts = [[{'role': 'user', 'content': f'q{i}'}] for i in range(5)]
+  base = [(p, 'a') for p in prompts]
+  base_scores = [0.1, 0.5, -0.2, 0.9, 0.3]
+  # the other model answered in another order and one prompt more
+  order = [3, 0, 4, 1, 2]
+  other = [(prompts[i], 'b') for i in order] + [([{'role': 'user', 'content': 'new'}], 'b')]
+  other_scores = [base_scores[i] + d for i, d in zip(order, [0.4, 0.2, 0.1, 0.3, 0.5])] + [9.0]
+  got = model_evals.paired_difference(other, other_scores, base, base_scores)
+  diffs = [0.4, 0.2, 0.1, 0.3, 0.5]
+  assert got['n'] == 5
+  assert abs(got['mean'] - 0.3) < 1e-12
+  assert abs(got['stderr'] - statistics.stdev(diffs) / math.sqrt(5)) < 1e-12
+  assert model_evals.paired_difference(other[5:], other_scores[5:], base, base_scores) is None
+  cell = tables.signed_with_stderr(got)
+  assert cell == '+0.300 ± 0.071' and render.is_number(cell)
+  assert tables.signed_with_stderr(None) == '-'

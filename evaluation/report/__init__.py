@@ -106,6 +106,12 @@ def build_report(workdir, config=None, log=print):
     rewards = model_evals.reward_scores(config, stages['reward']['dir'], evaluated,
                                         cache_dir, log_and_keep)
   models = {s: model_row(evaluated.get(s), rewards.get(s)) for s in MODEL_STAGES}
+  if isinstance(rewards.get('sft'), dict):  # each model against SFT, prompt by prompt
+    for s in MODEL_STAGES:
+      if s != 'sft' and isinstance(rewards.get(s), dict):
+        models[s]['reward_model_score_vs_sft'] = model_evals.paired_difference(
+            evaluated[s]['answers'], rewards[s]['scores'], evaluated['sft']['answers'],
+            rewards['sft']['scores'])
   bits = {'model': None, 'xz': None}
   if stages['pretrain']['status'] != 'not run':
     bits['model'] = model_evals.pretrain_bits_per_byte(config, stages['pretrain']['dir'],

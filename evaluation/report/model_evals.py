@@ -95,10 +95,24 @@ def stderr(values):
   return statistics.stdev(values) / math.sqrt(len(values)) if len(values) > 1 else 0.0
 
 
+def paired_difference(answers, scores, base_answers, base_scores):
+  """{'mean', 'stderr', 'n'} of (score - base score) over the prompts both answered,
+  matched by prompt. Every model answers the same held-out prompts, so the prompts'
+  own difficulty cancels: far tighter than comparing the two means. None if no prompt
+  is shared."""
+  key = lambda prompt: json.dumps(prompt, sort_keys=True, ensure_ascii=False)  # noqa: E731
+  base = {key(prompt): score for (prompt, _), score in zip(base_answers, base_scores)}
+  diffs = [score - base[key(prompt)] for (prompt, _), score in zip(answers, scores)
+           if key(prompt) in base]
+  if not diffs:
+    return None
+  return {'mean': sum(diffs) / len(diffs), 'stderr': stderr(diffs), 'n': len(diffs)}
+
+
 def reward_scores(config, reward_dir, evaluated, cache_dir, log=print):
-  """{stage: {'mean', 'stderr'}} of the reward model's scores of its greedy held-out
-  answers (stderr: of the mean, over the prompts); one reward-model load for every model
-  not already cached."""
+  """{stage: {'mean', 'stderr', 'scores'}}: the reward model's score of each of the
+  stage's greedy held-out answers, their mean and its standard error over the prompts;
+  one reward-model load for every model not already cached."""
   try:
     reward_step, reward_fingerprint = checkpoint_id(reward_dir)
   except ERRORS as e:
@@ -110,10 +124,11 @@ def reward_scores(config, reward_dir, evaluated, cache_dir, log=print):
     path = cache_path(cache_dir, f'{stage}_reward', result['step'], result['fingerprint'],
                       reward_fingerprint, result['answers'])
     cached = collect.read_json(path)
-    if cached is None or 'stderr' not in cached:  # a cache entry from before the stderr
+    if cached is None or 'scores' not in cached:  # a cache entry from before the scores
       todo.append((stage, path, result['answers']))
     else:
-      scores[stage] = {'mean': cached['score'], 'stderr': cached['stderr']}
+      scores[stage] = {'mean': cached['score'], 'stderr': cached['stderr'],
+                       'scores': cached['scores']}
   if todo:
     log(f'report: reward model (step {reward_step}) scoring '
         f'{", ".join(stage for stage, _, _ in todo)}')
@@ -129,8 +144,9 @@ def reward_scores(config, reward_dir, evaluated, cache_dir, log=print):
       mine = flat[begin:begin + len(answers)]
       begin += len(answers)
       saved = save_cached(path, {'score': sum(mine) / len(mine), 'stderr': stderr(mine),
-                                 'reward_step': reward_step})
-      scores[stage] = {'mean': saved['score'], 'stderr': saved['stderr']}
+                                 'scores': mine, 'reward_step': reward_step})
+      scores[stage] = {'mean': saved['score'], 'stderr': saved['stderr'],
+                       'scores': saved['scores']}
   return scores
 
 

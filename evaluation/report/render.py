@@ -29,7 +29,7 @@ def clean(text):
 
 
 def is_number(cell):
-  return bool(re.fullmatch(r'-?[\d,.]+( / -?[\d.]+| ± [\d.]+)?[a-zA-Z%]*( MiB| s| min)?', cell))
+  return bool(re.fullmatch(r'[-+]?[\d,.]+( / -?[\d.]+| ± [\d.]+)?[a-zA-Z%]*( MiB| s| min)?', cell))
 
 
 def html_table(headers, rows, text_columns=(), css_class=None):

@@ -18,6 +18,13 @@ def with_stderr(value, stderr):
   return num(value) if stderr is None or value is None else f'{num(value)} ± {num(stderr)}'
 
 
+def signed_with_stderr(difference):
+  """'+0.229 ± 0.041' from {'mean', 'stderr'}; '-' without one."""
+  if not difference:
+    return '-'
+  return f'{difference["mean"]:+.3f} ± {difference["stderr"]:.3f}'
+
+
 def percent(value):
   return '-' if value is None else f'{100 * value:.1f}%'
 
@@ -40,7 +47,8 @@ def count(value):
 
 def model_table(models, reward_error=None):
   headers = ['model', 'step', 'chat loss', 'EM zh', 'F1 zh', 'EM en', 'F1 en', 'answer lang ok',
-             'end-of-turn', 'repeat 4-gram', 'reward-model score', 'pretrain ppl']
+             'end-of-turn', 'repeat 4-gram', 'reward-model score', 'score − SFT (paired)',
+             'pretrain ppl']
   rows = []
   for stage, name in MODEL_NAMES.items():
     m = models.get(stage) or {'status': 'not run'}
@@ -55,13 +63,15 @@ def model_table(models, reward_error=None):
                  num(m.get('language_ok_rate')), num(m.get('end_of_turn_rate')),
                  num(m.get('repeat_4gram_rate')),
                  with_stderr(m.get('reward_model_score'), m.get('reward_model_score_stderr')),
+                 signed_with_stderr(m.get('reward_model_score_vs_sft')),
                  num(m.get('pretrain_perplexity'), 2)])
   note = ('Held-out chat split: loss on assistant tokens; exact match (EM) and F1 of greedy '
           'answers against the references, by answer language; the share of answers in the '
           'expected language, ending with end-of-turn, repeating a 4-gram; the reward '
-          'model\'s mean score of those answers ± its standard error over the prompts (a '
-          'difference of less than about two of those between models is noise); the '
-          'pretraining validation perplexity on its first 16 batches (its rise after '
+          'model\'s mean score of those answers ± its standard error over the prompts; '
+          'score − SFT: the mean over the same prompts of this model\'s score minus SFT\'s, ± '
+          'its standard error (paired: within about two of those of 0 is no difference); '
+          'the pretraining validation perplexity on its first 16 batches (its rise after '
           'pretraining is forgetting).')
   if reward_error:
     note += f' No reward-model scores: {reward_error}'
