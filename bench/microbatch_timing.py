@@ -19,6 +19,8 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, REPO)
 
 from bench import train_step_timing  # noqa: E402
+from configs import validate  # noqa: E402
+from configs.errors import UserError  # noqa: E402
 from engine import flops  # noqa: E402
 
 
@@ -46,10 +48,13 @@ def main():
   module = args.config.removesuffix('.py').replace('/', '.')
   config = importlib.import_module(module).get_config()
   counts = [int(x) for x in args.microbatches.split(',')]
-  for count in counts:
-    if config.train.batch_size % count:
-      sys.exit(f'error: --microbatches={count} does not divide train.batch_size='
-               f'{config.train.batch_size}; pick divisors of it')
+  for count in counts:  # the run's own checks (batch divisible by the count), before any work
+    config.train.microbatches = count
+    try:
+      validate.validate(config)
+    except UserError as e:
+      print(f'error: {e}', file=sys.stderr)
+      sys.exit(2)
   rows = measure(config, counts, args.rounds, args.steps)
   for row in rows:
     print(f'microbatches {row["microbatches"]}  {row["tokens_per_s"]:10,.0f} tokens/s  '

@@ -95,24 +95,28 @@ def stderr(values):
   return statistics.stdev(values) / math.sqrt(len(values)) if len(values) > 1 else 0.0
 
 
+def mean_and_stderr(values):
+  return {'mean': sum(values) / len(values), 'stderr': stderr(values)}
+
+
 def paired_difference(answers, scores, base_answers, base_scores):
   """{'mean', 'stderr', 'n'} of (score - base score) over the prompts both answered,
-  matched by prompt. Every model answers the same held-out prompts, so the prompts'
-  own difficulty cancels: far tighter than comparing the two means. None if no prompt
-  is shared."""
+  matched by prompt (every model answers the same held-out prompts, so what the prompts
+  themselves add to the scores cancels). None if no prompt is shared."""
   key = lambda prompt: json.dumps(prompt, sort_keys=True, ensure_ascii=False)  # noqa: E731
   base = {key(prompt): score for (prompt, _), score in zip(base_answers, base_scores)}
   diffs = [score - base[key(prompt)] for (prompt, _), score in zip(answers, scores)
            if key(prompt) in base]
   if not diffs:
     return None
-  return {'mean': sum(diffs) / len(diffs), 'stderr': stderr(diffs), 'n': len(diffs)}
+  return dict(mean_and_stderr(diffs), n=len(diffs))
 
 
 def reward_scores(config, reward_dir, evaluated, cache_dir, log=print):
   """{stage: {'mean', 'stderr', 'scores'}}: the reward model's score of each of the
-  stage's greedy held-out answers, their mean and its standard error over the prompts;
-  one reward-model load for every model not already cached."""
+  stage's greedy held-out answers, their mean and its standard error over the prompts
+  (the cache keeps the scores alone); one reward-model load for every model not
+  already cached."""
   try:
     reward_step, reward_fingerprint = checkpoint_id(reward_dir)
   except ERRORS as e:
@@ -127,8 +131,7 @@ def reward_scores(config, reward_dir, evaluated, cache_dir, log=print):
     if cached is None or 'scores' not in cached:  # a cache entry from before the scores
       todo.append((stage, path, result['answers']))
     else:
-      scores[stage] = {'mean': cached['score'], 'stderr': cached['stderr'],
-                       'scores': cached['scores']}
+      scores[stage] = dict(mean_and_stderr(cached['scores']), scores=cached['scores'])
   if todo:
     log(f'report: reward model (step {reward_step}) scoring '
         f'{", ".join(stage for stage, _, _ in todo)}')
@@ -143,10 +146,8 @@ def reward_scores(config, reward_dir, evaluated, cache_dir, log=print):
     for stage, path, answers in todo:
       mine = flat[begin:begin + len(answers)]
       begin += len(answers)
-      saved = save_cached(path, {'score': sum(mine) / len(mine), 'stderr': stderr(mine),
-                                 'scores': mine, 'reward_step': reward_step})
-      scores[stage] = {'mean': saved['score'], 'stderr': saved['stderr'],
-                       'scores': saved['scores']}
+      save_cached(path, {'scores': mine, 'reward_step': reward_step})
+      scores[stage] = dict(mean_and_stderr(mine), scores=mine)
   return scores
 
 
