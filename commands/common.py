@@ -97,11 +97,8 @@ def load_config():
 
 
 def write_resolved_config(config, workdir):
-  os.makedirs(workdir, exist_ok=True)
-  tmp = os.path.join(workdir, 'config.json.tmp')
-  with open(tmp, 'w') as f:
-    f.write(config.to_json(indent=1))
-  os.replace(tmp, os.path.join(workdir, 'config.json'))
+  from engine import paths
+  paths.write_atomic(os.path.join(workdir, 'config.json'), config.to_json(indent=1))
 
 
 def on_ready(config, workdir):
@@ -120,7 +117,11 @@ def check_workdir(workdir, writes=True):
   """A workdir that is a file, or one a training run cannot write in, is one line at
   start instead of a traceback later. Commands that only read it (eval, generate,
   export) accept a read-only one."""
+  from engine import paths
   from engine import storage
+  if paths.is_remote(workdir):
+    storage.check_remote_workdir(workdir, writes)
+    return
   if os.path.exists(workdir) and not os.path.isdir(workdir):
     raise UserError(f'--workdir={workdir} is a file, not a directory; give a directory path')
   if not writes:
@@ -154,7 +155,8 @@ def run(module, argv):
     if getattr(module, 'NEEDS_WORKDIR', True):
       if not WORKDIR.value:
         raise UserError('--workdir is required; give a directory for this run\'s outputs')
-      workdir = os.path.abspath(WORKDIR.value)
+      from engine import paths
+      workdir = paths.resolve(WORKDIR.value)
       check_workdir(workdir, writes=not getattr(module, 'READS_WORKDIR_ONLY', False))
     initialize_distributed()
     return module.main(config, workdir)

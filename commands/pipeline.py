@@ -18,6 +18,7 @@ from commands import pipeline_stages as stages_lib
 from configs import stages as stage_configs
 from configs import validate as validate_lib
 from configs.errors import UserError
+from engine import paths
 from engine.checkpoint_steps import finished_steps
 
 STAGES = flags.DEFINE_list('stages', list(stages_lib.ORDER), 'Stages to run, a subset of '
@@ -48,8 +49,8 @@ def _selected():
 def _folders(workdir):
   folders = {s: os.path.join(workdir, f) for s, f in stages_lib.FOLDER.items()}
   if INIT_FROM():
-    pretrained = os.path.abspath(INIT_FROM())
-    if not os.path.isdir(os.path.join(pretrained, 'checkpoints')):
+    pretrained = paths.resolve(INIT_FROM(), '--init_from')
+    if not paths.isdir(os.path.join(pretrained, 'checkpoints')):
       raise UserError(f'--init_from={INIT_FROM()} has no checkpoints/; give a pretraining '
                       'workdir')
     for s in ('tokenizer', 'prepare', 'pretrain'):
@@ -135,7 +136,7 @@ def main(config, workdir):
   record = pipeline_record.Record(workdir, writer=primary)
   plan = Plan(config, workdir, record, selected, folders)
   if primary:
-    os.makedirs(workdir, exist_ok=True)
+    paths.makedirs(workdir)
     record.data.update(commit=pipeline_record.commit(), config=config.to_dict())
     record.save()
   if not config.train.peak_tflops and any(plan.actions.get(s) == 'run' for s in stages_lib.TRAINED):

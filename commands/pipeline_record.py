@@ -13,6 +13,7 @@ import os
 import subprocess
 
 from configs.errors import UserError
+from engine import paths
 
 FILE = 'pipeline.json'
 # The config sections whose values shape each stage's result.
@@ -72,10 +73,9 @@ class Record:
     self.path = os.path.join(workdir, FILE)
     self.writer = writer
     self.data = {'stages': {}}
-    if os.path.exists(self.path):
+    if paths.exists(self.path):
       try:
-        with open(self.path) as f:
-          self.data = json.load(f)
+        self.data = json.loads(paths.read_text(self.path))
         self.data.setdefault('stages', {})
       except (OSError, ValueError) as e:
         raise UserError(f'{self.path} is unreadable ({e}); restore it, or delete it and the '
@@ -92,10 +92,7 @@ class Record:
   def save(self):
     if not self.writer:
       return
-    tmp = self.path + '.tmp'
-    with open(tmp, 'w') as f:
-      json.dump(self.data, f, indent=1, ensure_ascii=False)
-    os.replace(tmp, self.path)
+    paths.write_atomic(self.path, json.dumps(self.data, indent=1, ensure_ascii=False))
 
 
 def changed_keys(old, new, limit=3):

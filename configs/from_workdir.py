@@ -20,6 +20,6 @@ def _update(node, values):
 
 def get_config(workdir):
   config = base.get_config()
-  with open(os.path.join(workdir, 'config.json')) as f:
-    _update(config, json.load(f))
+  from engine import paths  # pylint: disable=g-import-not-at-top  (configs load before engine)
+  _update(config, json.loads(paths.read_text(os.path.join(workdir, 'config.json'))))
   return config

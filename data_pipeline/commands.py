@@ -10,6 +10,7 @@ from data_pipeline import documents
 from data_pipeline import embedded
 from data_pipeline import tfds_corpus
 from data_pipeline import tokenizer as tokenizer_lib
+from engine import paths
 
 
 def chars_per_token(tokenizer, files, data_config):
@@ -22,12 +23,12 @@ def run_tokenizer(config, workdir, overwrite=False):
   """Trains the tokenizer into WORKDIR/tokenizer/ (kept if it already exists)."""
   directory = os.path.join(workdir, 'tokenizer')
   path = os.path.join(directory, tokenizer_lib.MODEL_FILE)
-  if os.path.exists(path) and not overwrite:
+  if paths.exists(path) and not overwrite:
     tokenizer = tokenizer_lib.load_tokenizer(path, config.tokenizer.vocab_size)
     print(f'tokenizer: kept existing {path} ({tokenizer.vocab_size} pieces, fingerprint '
           f'{tokenizer.fingerprint}); pass --overwrite to retrain')
     return tokenizer
-  if os.path.exists(path) and os.path.isdir(os.path.join(workdir, 'checkpoints')):
+  if paths.exists(path) and paths.isdir(os.path.join(workdir, 'checkpoints')):
     raise UserError(f'{workdir} has checkpoints trained with the existing tokenizer; retrain '
                     'the tokenizer in a new workdir')
   start = time.time()
@@ -40,8 +41,7 @@ def run_tokenizer(config, workdir, overwrite=False):
     for path_ in documents.expand_paths([eval_file], 'data.eval_files'):
       report[f'chars_per_token[{os.path.basename(path_)}]'] = round(
           chars_per_token(tokenizer, [path_], config.data), 3)
-  with open(os.path.join(directory, 'report.json'), 'w') as f:
-    json.dump(report, f, indent=1)
+  paths.write_atomic(os.path.join(directory, 'report.json'), json.dumps(report, indent=1))
   print('tokenizer: ' + ', '.join(f'{k}={v}' for k, v in report.items()))
   return tokenizer
 

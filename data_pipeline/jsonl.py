@@ -1,15 +1,17 @@
 """JSONL records with their `file:line`, and one error line for a line that is not an object."""
+import io
 import json
-import os
 
 from configs.errors import UserError
+from engine import paths
 
 
 def records(path, what):
   """Yields (where, record) for each non-blank line of `path`."""
-  if not os.path.isfile(path):
+  if not paths.isfile(path):
     raise UserError(f'{what} {path} does not exist; give a JSONL file')
-  with open(path, encoding='utf-8', errors='replace') as f:
+  with paths.epath.Path(path).open('rb') as raw:
+    f = io.TextIOWrapper(raw, encoding='utf-8', errors='replace')
     for number, line in enumerate(f, 1):
       if not line.strip():
         continue

@@ -16,6 +16,7 @@ import os
 import sentencepiece as spm
 
 from configs.errors import UserError
+from engine import paths
 
 PAD_ID, UNK_ID, BOS_ID, EOS_ID = 0, 1, 2, 3
 CHAT_TOKENS = ('<|system|>', '<|user|>', '<|assistant|>', '<|end_of_turn|>')
@@ -139,11 +140,8 @@ def train_tokenizer(documents, tok_config) -> Tokenizer:
 
 
 def save_tokenizer(tokenizer: Tokenizer, directory: str):
-  os.makedirs(directory, exist_ok=True)
-  tmp = os.path.join(directory, MODEL_FILE + '.tmp')
-  with open(tmp, 'wb') as f:
-    f.write(tokenizer.model_proto)
-  os.replace(tmp, os.path.join(directory, MODEL_FILE))  # never a half-written model
+  # never a half-written model; bytes, because SentencePiece cannot open gs:// paths
+  paths.write_atomic(os.path.join(directory, MODEL_FILE), tokenizer.model_proto)
 
 
 def tokenizer_path(workdir, tok_config):
@@ -152,11 +150,10 @@ def tokenizer_path(workdir, tok_config):
 
 def load_tokenizer(path: str, expected_vocab_size: int | None = None) -> Tokenizer:
   """Loads a trained model; a missing file or a vocab mismatch is a UserError."""
-  if not os.path.isfile(path):
+  if not paths.isfile(path):
     raise UserError(f'no tokenizer at {path}; run `python run.py tokenizer` with this workdir '
                     'first or set tokenizer.path')
-  with open(path, 'rb') as f:
-    proto = f.read()
+  proto = paths.read_bytes(path)
   try:
     tokenizer = Tokenizer(proto)
   except Exception:  # sentencepiece raises plain RuntimeError/OSError on a bad proto

@@ -14,6 +14,7 @@ import grain
 import orbax.checkpoint as ocp
 
 from configs.errors import UserError
+from engine import paths
 
 # Fields that change the function or the shapes of the parameters. Anything else
 # (dtype, attention kernel, remat, steps, logging) may change on resume.
@@ -99,10 +100,9 @@ def restore(manager, step, abstract_state):
 def _all_process_data_states(manager, step):
   directory = os.path.join(str(manager.directory), str(step), 'data')
   shards = {}
-  for name in sorted(os.listdir(directory)) if os.path.isdir(directory) else []:
+  for name in sorted(paths.listdir(directory)):
     if name.startswith('process_') and name.endswith('.json'):
-      with open(os.path.join(directory, name)) as f:
-        shards.update(json.load(f).get('shards', {}))
+      shards.update(json.loads(paths.read_text(os.path.join(directory, name))).get('shards', {}))
   return {'shards': shards} if shards else None
 
 

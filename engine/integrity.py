@@ -17,6 +17,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from configs.errors import UserError
+from engine import paths
 
 # The metadata key; a new formula takes a new key (older records are then not checked).
 META_KEY = 'array_fingerprints_v2'
@@ -104,7 +105,7 @@ def verify(tree, recorded, what, prefix=''):
 def recorded(step_dir):
   """The fingerprints in a step directory's metadata ({} when none or unreadable)."""
   try:
-    with open(os.path.join(step_dir, 'meta', 'metadata')) as f:
-      return json.load(f).get(META_KEY) or {}
+    return json.loads(paths.read_text(os.path.join(step_dir, 'meta', 'metadata'))).get(
+        META_KEY) or {}
   except (OSError, ValueError):
     return {}

@@ -19,6 +19,7 @@ from data_pipeline import tokenizer as tokenizer_lib
 from engine import integrity
 from engine import mesh as mesh_lib
 from engine import train_state
+from engine import paths
 from jax.sharding import NamedSharding, PartitionSpec
 from model import lora
 from model import partitioning
@@ -28,9 +29,9 @@ from model import soft_prompt
 def locate(workdir, checkpoint, step):
   """(checkpoints directory, step) from --checkpoint=PATH or --workdir [+ --step]."""
   if checkpoint:
-    path = os.path.abspath(checkpoint)
+    path = paths.resolve(checkpoint, '--checkpoint')
     name = os.path.basename(path.rstrip('/'))
-    if not (os.path.isdir(os.path.join(path, 'state')) and name.isdigit()):
+    if not (name.isdigit() and paths.isdir(os.path.join(path, 'state'))):
       raise UserError(f'--checkpoint={checkpoint} is not a checkpoint step directory (like '
                       'WORKDIR/checkpoints/1000); give one that exists')
     if step is not None and step != int(name):
@@ -55,7 +56,7 @@ def locate(workdir, checkpoint, step):
 
 
 def all_steps(directory):
-  if not os.path.isdir(directory):
+  if not paths.isdir(directory):
     return []
   manager = ocp.CheckpointManager(directory)
   try:
@@ -66,8 +67,8 @@ def all_steps(directory):
 
 def _meta_readable(directory, step):
   try:
-    with open(os.path.join(directory, str(step), 'meta', 'metadata')) as f:
-      return isinstance(json.load(f).get('config'), dict)
+    meta = json.loads(paths.read_text(os.path.join(directory, str(step), 'meta', 'metadata')))
+    return isinstance(meta.get('config'), dict)
   except (OSError, ValueError, AttributeError):
     return False
 
@@ -151,7 +152,7 @@ def restore_tree(state_dir, abstract, shardings):
   into the given shardings, checked against the fingerprints saved with it
   (integrity.DamagedCheckpoint when it cannot be read or differs)."""
   restore_args = jax.tree.map(lambda s: ocp.ArrayRestoreArgs(sharding=s), shardings)
-  step_dir = os.path.dirname(os.path.abspath(state_dir))
+  step_dir = os.path.dirname(paths.resolve(state_dir, 'a checkpoint'))
   try:
     restored = ocp.PyTreeCheckpointer().restore(state_dir, args=ocp.args.PyTreeRestore(
         item={'params': abstract}, restore_args={'params': restore_args},
@@ -176,8 +177,8 @@ def fingerprint(directory, step):
   """Identifies one saved checkpoint (its metadata holds the save time and config), so an
   adapter checkpoint notices when its base was replaced by another run's step."""
   import hashlib
-  with open(os.path.join(directory, str(step), 'meta', 'metadata'), 'rb') as f:
-    return hashlib.sha256(f.read()).hexdigest()[:16]
+  return hashlib.sha256(paths.read_bytes(os.path.join(directory, str(step), 'meta',
+                                                      'metadata'))).hexdigest()[:16]
 
 
 def model_params(directory, step, meta, spec):
@@ -200,7 +201,7 @@ def model_params(directory, step, meta, spec):
     return restore(jax.eval_shape(spec.init_params, jax.random.key(0)),
                    spec.param_shardings), None
   base = meta['base']
-  if not os.path.isdir(os.path.join(base['directory'], str(base['step']))):
+  if not paths.isdir(os.path.join(base['directory'], str(base['step']))):
     raise UserError(f'the base checkpoint {base["directory"]}/{base["step"]} of this '
                     f'{adapter} checkpoint is gone; restore it or fine-tune again')
   if base.get('fingerprint') not in (None, fingerprint(base['directory'], base['step'])):

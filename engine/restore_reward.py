@@ -13,6 +13,7 @@ from data_pipeline import tokenizer as tokenizer_lib
 from engine import mesh as mesh_lib
 from engine import restore_params
 from engine import train_state
+from engine import paths
 from model import lora
 from model import scalar_head
 
@@ -48,7 +49,7 @@ def load_reward_model(workdir, config, checkpoint=None, step=None, mesh=None):
   def load(directory, step, meta):
     saved = ml_collections.ConfigDict(meta['config'])
     tok_path = tokenizer_lib.tokenizer_path(workdir, config.tokenizer) if workdir else None
-    if tok_path is None or not os.path.isfile(tok_path):
+    if tok_path is None or not paths.isfile(tok_path):
       tok_path = os.path.join(os.path.dirname(directory), 'tokenizer', tokenizer_lib.MODEL_FILE)
     tokenizer = tokenizer_lib.load_tokenizer(tok_path, saved.model.vocab_size)
     spec = train_state.ModelSpec(saved.model, mesh or mesh_lib.make_mesh(config.mesh))

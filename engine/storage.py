@@ -15,6 +15,7 @@ import threading
 import time
 
 from configs.errors import UserError
+from engine import paths
 
 # errno → (what happened, what to do).
 _CAUSES = {
@@ -74,6 +75,11 @@ def describe(exc):
 
 def probe_write(path):
   """Creates `path` if needed and writes (then removes) one page in it; OSError if not."""
+  if paths.is_remote(path):
+    probe = paths.epath.Path(path) / f'.write-probe-{socket.gethostname()}-{os.getpid()}'
+    probe.write_bytes(b'\0' * 4096)
+    probe.unlink(missing_ok=True)
+    return
   os.makedirs(path, exist_ok=True)
   probe = os.path.join(path, f'.write-probe-{socket.gethostname()}-{os.getpid()}')
   try:
@@ -88,6 +94,9 @@ def probe_write(path):
 
 def require_writable_dir(path, what='--workdir'):
   """`path` is (or can be made) a directory this process can write in."""
+  if paths.is_remote(path):
+    check_remote_workdir(path, writes=True, what=what)
+    return
   if os.path.exists(path) and not os.path.isdir(path):
     raise StorageError(f'{what}={path} is a file, not a directory; give a directory path')
   try:
@@ -95,6 +104,61 @@ def require_writable_dir(path, what='--workdir'):
   except OSError as e:
     happened, fix = describe(e)
     raise StorageError(f'cannot write in {what}={path}: {happened}; {fix}') from None
+
+
+REMOTE_CHECK_TIMEOUT_S = 90  # gcsfs retries a refused connection for about 30 s
+
+
+def bounded(fn, seconds, what):
+  """fn() in a helper thread, waited for at most `seconds`: a store that does not
+  answer is an error line, never a hang (its client retries for minutes)."""
+  result = {}
+
+  def target():
+    try:
+      result['value'] = fn()
+    except BaseException as e:  # pylint: disable=broad-except
+      result['error'] = e
+
+  thread = threading.Thread(target=target, daemon=True)
+  thread.start()
+  thread.join(seconds)
+  if thread.is_alive():
+    raise StorageError(f'{what}: no answer from the storage within {seconds} s; check that it '
+                       'is reachable (network, STORAGE_EMULATOR_HOST) and run again')
+  if 'error' in result:
+    raise result['error']
+  return result.get('value')
+
+
+def remote_cause(exc):
+  """What a gs:// failure means, from gcsfs's and google-auth's exception texts."""
+  text = f'{type(exc).__name__}: {exc}'
+  if re.search(r'401|403|forbidden|permission|unauthori[sz]ed|credentials|DefaultCredentials',
+               text, re.I):
+    return ('no permission or no credentials', 'run `gcloud auth application-default login` '
+            'or give the job a service account with access to the bucket')
+  if re.search(r'connect|timeout|timed out|unreachable|name resolution|refused', text, re.I):
+    return ('the storage is unreachable', 'check the network (or STORAGE_EMULATOR_HOST) and '
+            'run again')
+  return describe(exc)
+
+
+def check_remote_workdir(workdir, writes, what='--workdir'):
+  """A gs:// workdir: the bucket exists and (for writers) a probe object can be written,
+  each in bounded time; any failure is one StorageError line."""
+  def check():
+    paths.require_bucket(workdir, what)
+    if writes:
+      probe_write(workdir)
+  try:
+    bounded(check, REMOTE_CHECK_TIMEOUT_S, f'{what}={workdir}')
+  except UserError:
+    raise
+  except Exception as e:  # pylint: disable=broad-except
+    happened, fix = remote_cause(e)
+    raise StorageError(f'cannot {"write in" if writes else "read"} {what}={workdir}: '
+                       f'{happened}; {fix}') from None
 
 
 LOST_PEER_WAIT_S = 45  # longer than the default heartbeat timeout (30 s)
@@ -106,7 +170,7 @@ def save_failed(step, directory, exc):
     # failed with it. JAX's heartbeat check then ends this process naming the lost one,
     # which says more than we can: give it the time (bounded), then say what we know.
     time.sleep(LOST_PEER_WAIT_S)
-  happened, fix = describe(exc)
+  happened, fix = remote_cause(exc) if paths.is_remote(directory) else describe(exc)
   return StorageError(f'saving checkpoint {step} to {directory} failed: {happened}; {fix}. '
                       'Training stopped at this step; the checkpoints before it are intact, and '
                       'the next run resumes from the latest of them')
@@ -121,6 +185,8 @@ def check_free_space(directory, previous_step_dir):
   """Refuses a save that cannot fit: a step needs about as much as the previous one
   (same arrays), and a write that runs out of space half-way fails in Orbax's
   background threads, after training went on."""
+  if paths.is_remote(directory):  # object stores do not run out of space
+    return
   if not previous_step_dir or not os.path.isdir(previous_step_dir):
     return
   needed = 0
@@ -164,6 +230,8 @@ def install_quiet_hooks():
   if _hooks_installed:
     return
   _hooks_installed = True
+  # gcsfs logs each exhausted retry with a traceback; the error line says what failed
+  std_logging.getLogger('gcsfs').setLevel(std_logging.CRITICAL)
   quiet = _Quiet()
   for logger in (std_logging.getLogger(), std_logging.getLogger('absl')):
     logger.addFilter(quiet)

@@ -28,11 +28,12 @@ from data_pipeline.global_batch import make_global_batch
 from engine import checkpointing
 from engine import flops
 from engine import integrity
+from engine import paths
 from engine import storage
 from engine import train_state
 from engine import train_step
 from engine.metrics import MetricsWriter
-from engine.workdir_lock import WorkdirLock
+from engine.workdir_lock import workdir_lock
 
 
 class Stage:
@@ -133,7 +134,7 @@ class Trainer:
     error = None
     if self.is_primary:
       try:
-        self.lock = WorkdirLock(self.workdir, self.stage.name)
+        self.lock = workdir_lock(self.workdir, self.stage.name)
       except UserError as e:
         error = e
     if jax.process_count() > 1:
@@ -155,8 +156,8 @@ class Trainer:
         self._say(f'--noresume: set aside checkpoint {step} as '
                   f'{self._set_aside(step, "before-noresume")}')
       metrics = os.path.join(self.workdir, 'metrics.jsonl')
-      if self.is_primary and os.path.isfile(metrics):  # the older run's curves, kept apart
-        os.replace(metrics, f'{metrics}.before-noresume-{int(time.time())}')
+      if self.is_primary and paths.isfile(metrics):  # the older run's curves, kept apart
+        paths.rename(metrics, f'{metrics}.before-noresume-{int(time.time())}')
     for step in steps:  # newest first; an unreadable one falls back to the one before
       try:
         restored = self._restore(step)
@@ -212,7 +213,7 @@ class Trainer:
     path = os.path.join(self.workdir, 'checkpoints', str(step))
     target = f'{path}.{reason}-{int(time.time())}'
     if jax.process_index() == 0:
-      os.rename(path, target)
+      paths.rename(path, target)
     multihost_utils.sync_global_devices(f'set_aside_{step}')
     self.manager.reload()
     return target
@@ -225,13 +226,20 @@ class Trainer:
       raise failure
     latest = self.manager.latest_step()
     try:
-      storage.probe_write(self.checkpoints)
+      if not paths.is_remote(self.checkpoints):  # gs:// failures surface from Orbax's save
+        storage.probe_write(self.checkpoints)
       storage.check_free_space(self.checkpoints, latest is not None
                                and os.path.join(self.checkpoints, str(latest)))
     except OSError as e:
       raise storage.save_failed(step, self.checkpoints, e) from None
     if step in self.manager.all_steps():  # e.g. --noresume over an older run's steps
       self._set_aside(step, 'replaced')
+    if self.writer is not None:  # on gs://, the metrics up to this step become durable
+      try:
+        storage.bounded(self.writer.flush, self.config.checkpoint.get('timeout_s', 600),
+                        f'writing {self.workdir}/metrics.jsonl')
+      except Exception as e:  # pylint: disable=broad-except
+        raise storage.save_failed(step, self.workdir, e) from None
     # On CPU the async writer reads the arrays' own memory after save() returns (there
     # is no device-to-host copy), while later steps donate those buffers to XLA: seen
     # here as checkpoints holding other values than their fingerprints. So on CPU it
@@ -293,10 +301,24 @@ class Trainer:
     finally:
       if self.progress is not None:
         self.progress.close()
+      self._release(quiet)
+
+  def _release(self, quiet):
+    """Closes the metrics and releases the lock; on gs:// within a bounded time, since
+    after a storage failure each remote call retries for about a minute."""
+    def release():
       if self.writer is not None:
         self.writer.close()
       if self.lock is not None:
         self.lock.release()
+    if not paths.is_remote(self.workdir):
+      return release()
+    try:
+      storage.bounded(release, 15 if quiet else self.config.checkpoint.get('timeout_s', 600),
+                      f'closing {self.workdir}/metrics.jsonl')
+    except Exception:  # pylint: disable=broad-except
+      if not quiet:
+        raise
 
   def _evaluate(self, step, writer):
     metrics = self.stage.evaluate(self.state['params'])

@@ -1,4 +1,6 @@
 """One workdir, one writer: WORKDIR/.lock held (flock) by the training run's process 0.
+On gs:// (no flock there), the lock is an object created only if absent (GCS
+`ifGenerationMatch=0`) and kept alive by a heartbeat; see RemoteLock.
 
 The kernel drops an flock when its holder dies, so a lock left by a killed run
 never blocks the next start; the file's text (host, pid, start time) only names
@@ -10,11 +12,28 @@ import fcntl
 import json
 import os
 import socket
+import threading
 import time
 
 from configs.errors import UserError
+from engine import paths
 
 LOCK_FILE = '.lock'
+HEARTBEAT_S = 20  # a remote lock's holder rewrites it this often
+LEASE_S = 120  # a remote lock not rewritten for this long is stale (its holder is gone)
+
+
+def workdir_lock(workdir, command):
+  return (RemoteLock if paths.is_remote(workdir) else WorkdirLock)(workdir, command)
+
+
+def _in_use(workdir, holder):
+  since = (time.strftime('%Y-%m-%d %H:%M:%S', time.localtime(holder['time']))
+           if 'time' in holder else 'an unknown time')
+  return UserError(f'{workdir} is in use by another run ({holder.get("command", "a run")}, '
+                   f'pid {holder.get("pid", "?")} on host {holder.get("host", "?")}, '
+                   f'started {since}); wait for it to finish, stop it, or use another '
+                   '--workdir')
 
 
 class WorkdirLock:
@@ -39,12 +58,7 @@ class WorkdirLock:
     except BlockingIOError:
       holder = _read(fd)
       os.close(fd)
-      since = (time.strftime('%Y-%m-%d %H:%M:%S', time.localtime(holder['time']))
-               if 'time' in holder else 'an unknown time')
-      raise UserError(f'{workdir} is in use by another run ({holder.get("command", "a run")}, '
-                      f'pid {holder.get("pid", "?")} on host {holder.get("host", "?")}, '
-                      f'started {since}); wait for it to finish, stop it, or use another '
-                      '--workdir') from None
+      raise _in_use(workdir, holder) from None
     except OSError:  # a file system without flock: no lock rather than no training
       os.close(fd)
       return None
@@ -73,3 +87,75 @@ def _same_file(fd, path):
     return os.path.samestat(os.fstat(fd), os.stat(path))
   except OSError:
     return False
+
+
+class RemoteLock:
+  """WORKDIR/.lock on gs://: created only if no such object exists, so of two runs
+  starting at once exactly one gets it. A killed holder cannot release it; the next
+  run takes it over when the holder is provably gone: same host and its pid is not
+  running, or no heartbeat for LEASE_S seconds (another host)."""
+
+  def __init__(self, workdir, command):
+    self.path = os.path.join(workdir, LOCK_FILE)
+    self._record = {'host': socket.gethostname(), 'pid': os.getpid(), 'command': command,
+                    'time': time.time()}
+    fs = paths.gcs()
+    for _ in range(3):
+      try:
+        fs.pipe_file(self._key, self._payload(), mode='create')
+        break
+      except FileExistsError:
+        holder = self._holder()
+        if not _stale(holder):
+          raise _in_use(workdir, holder) from None
+        fs.rm_file(self._key)  # a stale lock: taken over below
+    else:
+      raise UserError(f'could not take the lock {self.path} (another run keeps taking it); '
+                      'use another --workdir')
+    self._stop = threading.Event()
+    self._thread = threading.Thread(target=self._beat, daemon=True)
+    self._thread.start()
+
+  @property
+  def _key(self):
+    return self.path[len('gs://'):]
+
+  def _payload(self):
+    return json.dumps(dict(self._record, heartbeat=time.time())).encode()
+
+  def _holder(self):
+    try:
+      return json.loads(paths.gcs().cat_file(self._key).decode() or '{}')
+    except (OSError, ValueError):
+      return {}
+
+  def _beat(self):
+    while not self._stop.wait(HEARTBEAT_S):
+      try:
+        paths.gcs().pipe_file(self._key, self._payload())
+      except Exception:  # pylint: disable=broad-except  # a missed beat; the next one retries
+        pass
+
+  def release(self):
+    if self._thread is None:
+      return
+    self._stop.set()
+    self._thread.join(timeout=5)
+    self._thread = None
+    try:
+      paths.gcs().rm_file(self._key)
+    except Exception:  # pylint: disable=broad-except  # gone already; a later run takes it
+      pass
+
+
+def _stale(holder):
+  if not holder:
+    return True  # unreadable or empty: a writer that died half-way
+  if holder.get('host') == socket.gethostname():
+    try:
+      os.kill(int(holder.get('pid', -1)), 0)
+    except ProcessLookupError:
+      return True
+    except (OSError, ValueError):
+      pass
+  return time.time() - float(holder.get('heartbeat', holder.get('time', 0))) > LEASE_S

@@ -19,6 +19,7 @@ from data_pipeline import embedded
 from data_pipeline import sft_loader
 from engine import restore_params
 from engine import train_step
+from engine import paths
 from evaluation import chat_loss
 from evaluation import chat_metrics
 from evaluation import evaluate
@@ -78,7 +79,7 @@ def pretrain_perplexity(meta, checkpoint_dir, batch_size):
   base = meta.get('pretrain_workdir')
   if meta.get('stage') in (None, 'pretrain'):
     base = os.path.dirname(os.path.dirname(checkpoint_dir))
-  if not base or not os.path.isdir(os.path.join(base, 'tfds')):
+  if not base or not paths.isdir(os.path.join(base, 'tfds')):
     return None
   import ml_collections
   base_config = ml_collections.ConfigDict(restore_params.read_meta(

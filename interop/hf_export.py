@@ -24,6 +24,7 @@ from model import hf_convert
 from interop import hf_parity
 from engine import integrity
 from engine import restore_params
+from engine import paths
 
 
 def read_leaf(state_dir, path):
@@ -119,10 +120,10 @@ def run_export(config, workdir, out, *, checkpoint=None, step=None, overwrite=Fa
     raise UserError('export runs in a single process; start it without launch')
   if not out:
     raise UserError('--out is required: the directory to write the Hugging Face model into')
-  out = os.path.abspath(out)
-  if os.path.exists(out) and not os.path.isdir(out):
+  out = paths.resolve(out, '--out')
+  if paths.isfile(out):
     raise UserError(f'--out={out} is a file; give a directory path for the Hugging Face model')
-  if os.path.exists(out) and os.listdir(out) and not overwrite:
+  if paths.listdir(out) and not overwrite:
     raise UserError(f'{out} exists and is not empty; choose another --out or pass --overwrite')
   if parity:
     hf_parity.import_hf()
@@ -137,7 +138,10 @@ def _export_step(config, workdir, out, directory, step, meta, parity):
   tokenizer = tokenizer_lib.load_tokenizer(
       tokenizer_lib.tokenizer_path(workdir, config.tokenizer), saved.model.vocab_size)
   start = time.perf_counter()
-  staging = f'{out}.partial-{os.getpid()}'
+  # Written beside --out and renamed into place (one rename: never half a model); on
+  # gs:// written locally and uploaded, the old files removed first.
+  staging = (os.path.join(paths.local_scratch('export-'), 'model') if paths.is_remote(out)
+             else f'{out}.partial-{os.getpid()}')
   shutil.rmtree(staging, ignore_errors=True)
   try:
     os.makedirs(staging)
@@ -162,9 +166,14 @@ def _export_step(config, workdir, out, directory, step, meta, parity):
       hf_parity.check(result['parity'], config.hf.parity_tolerance)
     for name in os.listdir(staging):  # the umask's mode, not save_file's private 0600
       os.chmod(os.path.join(staging, name), 0o666 & ~_umask())
-    if os.path.exists(out):
-      shutil.rmtree(out)
-    os.rename(staging, out)
+    if paths.is_remote(out):
+      for old in paths.walk_files(out):
+        paths.remove(old)
+      paths.upload_tree(staging, out)
+    else:
+      if os.path.exists(out):
+        shutil.rmtree(out)
+      os.rename(staging, out)
   finally:
     shutil.rmtree(staging, ignore_errors=True)
   result['seconds'] = time.perf_counter() - start

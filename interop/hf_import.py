@@ -7,7 +7,6 @@ so `pretrain` (continued pretraining) and later stages start from it:
 """
 import json
 import os
-import shutil
 import time
 
 import jax
@@ -26,6 +25,7 @@ from interop import hf_parity
 from engine import mesh as mesh_lib
 from engine import optimizer
 from engine import train_state
+from engine import paths
 
 
 def _safetensor_files(hf_dir):
@@ -57,14 +57,19 @@ def imported_config(hf, config):
 def run_import(config, hf_dir, workdir, parity=True):
   if jax.process_count() > 1:
     raise UserError('import runs in a single process; start it without launch')
-  if not hf_dir or not os.path.isfile(os.path.join(hf_dir, 'config.json')):
-    raise UserError(f'--hf_dir={hf_dir} has no config.json; give a local Hugging Face model '
+  if hf_dir:
+    hf_dir = paths.resolve(hf_dir, '--hf_dir')
+  if not hf_dir or not paths.isfile(os.path.join(hf_dir, 'config.json')):
+    raise UserError(f'--hf_dir={hf_dir} has no config.json; give a Hugging Face model '
                     'directory')
-  if os.path.isdir(os.path.join(workdir, 'checkpoints')) and os.listdir(
-      os.path.join(workdir, 'checkpoints')):
+  if paths.listdir(os.path.join(workdir, 'checkpoints')):
     raise UserError(f'{workdir} already has checkpoints; import into a new workdir')
   if parity:
     hf_parity.import_hf()
+  source = hf_dir
+  if paths.is_remote(hf_dir):  # safetensors and transformers read local files
+    hf_dir = paths.local_scratch('hf-import-')
+    paths.download_tree(source, hf_dir)
   with open(os.path.join(hf_dir, 'config.json')) as f:
     hf = json.load(f)
   imported = imported_config(hf, config)
@@ -105,17 +110,15 @@ def run_import(config, hf_dir, workdir, parity=True):
   state = jax.jit(lambda p: {'step': np.int32(0), 'params': p, 'opt_state': tx.init(p)},
                   out_shardings=shardings)(params)
   if tokenizer is not None:
-    os.makedirs(os.path.join(workdir, 'tokenizer'), exist_ok=True)
-    shutil.copyfile(sp_model, os.path.join(workdir, 'tokenizer', tokenizer_lib.MODEL_FILE))
+    tokenizer_lib.save_tokenizer(tokenizer, os.path.join(workdir, 'tokenizer'))
   manager = checkpointing.make_manager(workdir, imported.checkpoint)
   meta = {'config': json.loads(imported.to_json()), 'wall_time': time.time(),
           'tokenizer_fingerprint': tokenizer.fingerprint if tokenizer else None,
-          'git_commit': checkpointing.git_commit(), 'imported_from': os.path.abspath(hf_dir)}
+          'git_commit': checkpointing.git_commit(), 'imported_from': source}
   checkpointing.save(manager, 0, state, {'shards': {}}, meta, force=True)
   manager.wait_until_finished()
   manager.close()
-  with open(os.path.join(workdir, 'config.json'), 'w') as f:
-    f.write(imported.to_json(indent=1))
+  paths.write_atomic(os.path.join(workdir, 'config.json'), imported.to_json(indent=1))
   result['seconds'] = time.perf_counter() - start
   result['params'] = int(sum(np.prod(x.shape) for x in jax.tree.leaves(params)))
   return result

@@ -13,6 +13,7 @@ from configs.errors import UserError
 from data_pipeline import tokenizer as tokenizer_lib
 from engine import checkpointing
 from engine import restore_params
+from engine import paths
 
 
 @dataclasses.dataclass
@@ -32,13 +33,13 @@ def resolve(init_from):
   if not init_from:
     raise UserError('--init_from is required: a pretraining workdir or a checkpoint step '
                     'directory to start from')
-  path = os.path.abspath(init_from)
-  if not os.path.exists(path):
+  path = paths.resolve(init_from, '--init_from')
+  if not paths.exists(path):
     raise UserError(f'--init_from={init_from} does not exist; give a workdir with checkpoints '
                     'or a checkpoint step directory')
-  if os.path.isdir(os.path.join(path, 'state')) and os.path.basename(path).isdigit():
+  if os.path.basename(path).isdigit() and paths.isdir(os.path.join(path, 'state')):
     checkpoint, workdir = path, os.path.dirname(os.path.dirname(path))
-  elif os.path.isdir(os.path.join(path, 'checkpoints')):
+  elif paths.isdir(os.path.join(path, 'checkpoints')):
     checkpoint, workdir = None, path
   else:
     raise UserError(f'--init_from={init_from} is not a workdir with checkpoints/ nor a '
@@ -69,7 +70,7 @@ def check_matches(init, config, workdir):
       raise UserError(f'model.{field}={config.model[field]} but --init_from was trained with '
                       f'{saved.get(field)}; use the same model preset as the init checkpoint')
   own = tokenizer_lib.tokenizer_path(workdir, config.tokenizer)
-  if os.path.isfile(own):
+  if paths.isfile(own):
     tokenizer = tokenizer_lib.load_tokenizer(own)
     if tokenizer.fingerprint != init.tokenizer.fingerprint:
       raise UserError(f'the tokenizer at {own} differs from the one --init_from was trained '
@@ -79,5 +80,5 @@ def check_matches(init, config, workdir):
 def copy_tokenizer(init, workdir):
   """The stage's workdir gets the tokenizer it was trained with (eval/generate use it)."""
   target = os.path.join(workdir, 'tokenizer')
-  if not os.path.isfile(os.path.join(target, tokenizer_lib.MODEL_FILE)):
+  if not paths.isfile(os.path.join(target, tokenizer_lib.MODEL_FILE)):
     tokenizer_lib.save_tokenizer(init.tokenizer, target)

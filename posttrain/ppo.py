@@ -30,6 +30,7 @@ from engine import checkpointing
 from engine import flops
 from engine import optimizer
 from engine import restore_reward
+from engine import paths
 from engine.train_step import with_mesh
 from engine.trainer import Stage
 from evaluation import chat_metrics
@@ -155,7 +156,7 @@ class PpoStage(Stage):
     self.meta = dict(checkpointing.metadata(config, tok, self.mesh), stage='ppo',
                      method=cfg.method, base=base_meta(self.init), **self.actor.meta,
                      params_part='actor',  # what eval, generate and export load
-                     reward={'directory': os.path.abspath(reward_from)},
+                     reward={'directory': paths.resolve(reward_from, '--reward_from')},
                      pretrain_workdir=pretrain_workdir(self.init))
     self.tokens_per_step = config.train.batch_size * config.data.seq_len
     # Per iteration and token: rollout ~2N (sampling), scoring 4 forwards, training

@@ -27,6 +27,7 @@ from engine import flops
 from engine import lm_loss
 from engine import optimizer
 from engine import train_step
+from engine import paths
 from engine.trainer import Stage
 from evaluation import chat_loss
 from evaluation import lm_validation
@@ -171,7 +172,7 @@ def run_sft(config, workdir, init_from, resume=True, on_ready=None):
       line += (f', pretraining perplexity {first["pretrain_perplexity"]:.2f} -> '
                f'{result["pretrain_perplexity"]:.2f}' if first else
                f', pretraining perplexity {result["pretrain_perplexity"]:.2f}')
-    size = _dir_bytes(os.path.join(workdir, 'checkpoints', str(result['step'])))
+    size = paths.folder_bytes(os.path.join(workdir, 'checkpoints', str(result['step'])))
     return line + f'; checkpoint {size / 2**20:.2f} MiB'
   return run_stage(SftStage(config, workdir, init_from), workdir, resume, on_ready, plan,
                    outcome)
@@ -179,16 +180,11 @@ def run_sft(config, workdir, init_from, resume=True, on_ready=None):
 
 def _first_eval(path):
   import json
-  if not os.path.exists(path):
+  if not paths.exists(path):
     return None
-  with open(path) as f:
-    for line in f:
-      record = json.loads(line)
-      if record.get('step') == 0 and 'eval_loss' in record:
-        return record
+  for line in paths.read_text(path).splitlines():
+    record = json.loads(line)
+    if record.get('step') == 0 and 'eval_loss' in record:
+      return record
   return None
 
-
-def _dir_bytes(path):
-  return sum(os.path.getsize(os.path.join(root, name))
-             for root, _, names in os.walk(path) for name in names)

@@ -98,6 +98,7 @@ def check_resume(meta, config, tokenizer, own_meta, method_key):
 def pretrain_workdir(init):
   """The workdir whose corpus measures forgetting: --init_from's own, or the one it names."""
   import os
-  if os.path.isdir(os.path.join(init.workdir, 'tfds')):
+  from engine import paths
+  if paths.isdir(os.path.join(init.workdir, 'tfds')):
     return init.workdir
   return init.meta.get('pretrain_workdir')

@@ -39,3 +39,6 @@ def tiny_workdir(tmp_path_factory, tiny_config):
 @pytest.fixture(scope='session')
 def tiny_tokenizer(tiny_workdir):
   return tokenizer_lib.load_tokenizer(os.path.join(tiny_workdir, 'tokenizer', 'tokenizer.model'))
+
+
+from tests.gcs_helpers import gcs  # noqa: E402,F401  (the gs:// emulator fixture)

@@ -10,6 +10,7 @@ bits per byte beside xz's (xz_baseline), draws the curves (plots) and writes the
 files (render). Stages that are missing are shown as "not run".
 """
 import os
+import shutil
 import time
 
 from evaluation.report import collect
@@ -17,6 +18,7 @@ from evaluation.report import plots
 from evaluation.report import render
 from evaluation.report import tables
 from evaluation.report import xz_baseline
+from engine import paths
 
 MODEL_STAGES = ('pretrain', 'sft', 'dpo', 'ppo')
 
@@ -95,8 +97,11 @@ def build_report(workdir, config=None, log=print):
     config = config.copy_and_resolve_references()
     config.report = default_config(None).report
   stages = collected['stages']
-  out_dir = os.path.join(workdir, 'report')
-  cache_dir = os.path.join(out_dir, 'cache')
+  target_dir = os.path.join(workdir, 'report')
+  cache_dir = os.path.join(target_dir, 'cache')
+  # The page and its PNGs are drawn on a local disk (matplotlib writes files) and
+  # uploaded when the workdir is on gs://.
+  out_dir = paths.local_scratch('report-') if paths.is_remote(workdir) else target_dir
   evaluated = {s: model_evals.evaluate_model(config, s, stages[s]['dir'], cache_dir,
                                              log_and_keep)
                for s in MODEL_STAGES if stages[s]['status'] != 'not run'}
@@ -140,4 +145,7 @@ def build_report(workdir, config=None, log=print):
   report['build_seconds'] = time.perf_counter() - start
   if primary:
     render.write_all(out_dir, report)
+    if out_dir != target_dir:
+      paths.upload_tree(out_dir, target_dir)
+      shutil.rmtree(out_dir, ignore_errors=True)
   return report

@@ -4,13 +4,13 @@ metrics.jsonl, config.json, checkpoint folders and sizes, WORKDIR/pipeline.json.
 Nothing here runs a model; a stage that is missing or half-written is reported as
 such instead of failing the report.
 """
-import glob
 import json
 import os
 import statistics
 import subprocess
 
 from configs.errors import UserError
+from engine import paths
 from engine.checkpoint_steps import finished_steps
 
 STAGES = ('pretrain', 'sft', 'reward', 'dpo', 'ppo')
@@ -19,8 +19,7 @@ STAGE_FILES = ('config.json', 'metrics.jsonl', 'checkpoints')
 
 def read_json(path):
   try:
-    with open(path) as f:
-      return json.load(f)
+    return json.loads(paths.read_text(path))
   except (OSError, ValueError):
     return None
 
@@ -28,28 +27,19 @@ def read_json(path):
 def read_metrics(path):
   """The records of a metrics.jsonl (a line cut short by a kill is skipped)."""
   rows = []
-  if not os.path.isfile(path):
+  if not paths.isfile(path):
     return rows
-  with open(path) as f:
-    for line in f:
-      try:
-        record = json.loads(line)
-      except ValueError:
-        continue
-      if isinstance(record, dict) and isinstance(record.get('step'), int):
-        rows.append(record)
+  for line in paths.read_text(path).splitlines():
+    try:
+      record = json.loads(line)
+    except ValueError:
+      continue
+    if isinstance(record, dict) and isinstance(record.get('step'), int):
+      rows.append(record)
   return rows
 
 
-def folder_bytes(path):
-  total = 0
-  for root, _, names in os.walk(path):
-    for name in names:
-      try:
-        total += os.path.getsize(os.path.join(root, name))
-      except OSError:
-        pass
-  return total
+folder_bytes = paths.folder_bytes
 
 
 def checkpoint_meta(stage_dir, step):
@@ -78,17 +68,19 @@ def file_wall_seconds(stage_dir, last_meta):
   """Without pipeline.json: from the stage's first file (TensorBoard names its event file
   with the start time) to its last write. Tokenizer and preparation are not counted."""
   starts = []
-  for path in glob.glob(os.path.join(stage_dir, 'tensorboard', 'events.out.tfevents.*')):
-    stamp = os.path.basename(path).split('.')[3]
+  for name in paths.listdir(os.path.join(stage_dir, 'tensorboard')):
+    if not name.startswith('events.out.tfevents.'):
+      continue
+    stamp = name.split('.')[3]
     if stamp.isdigit():
       starts.append(int(stamp))
   config_path = os.path.join(stage_dir, 'config.json')
-  if not starts and os.path.isfile(config_path):
-    starts.append(os.path.getmtime(config_path))
+  if not starts and paths.isfile(config_path):
+    starts.append(paths.getmtime(config_path))
   ends = [last_meta.get('wall_time') or 0]
   metrics_path = os.path.join(stage_dir, 'metrics.jsonl')
-  if os.path.isfile(metrics_path):
-    ends.append(os.path.getmtime(metrics_path))
+  if paths.isfile(metrics_path):
+    ends.append(paths.getmtime(metrics_path))
   if not starts or max(ends) <= min(starts):
     return None
   return max(ends) - min(starts)
@@ -97,7 +89,7 @@ def file_wall_seconds(stage_dir, last_meta):
 def stage_record(workdir, stage, pipeline_stage=None):
   """{'status': 'not run'} or what the folder holds about one stage."""
   stage_dir = os.path.join(workdir, stage)
-  if not any(os.path.exists(os.path.join(stage_dir, f)) for f in STAGE_FILES):
+  if not any(paths.exists(os.path.join(stage_dir, f)) for f in STAGE_FILES):
     if pipeline_stage and pipeline_stage.get('status'):
       return {'status': pipeline_stage['status'], 'dir': stage_dir}
     return {'status': 'not run'}
@@ -144,7 +136,7 @@ def git_head():
 def collect(workdir):
   """{'workdir', 'pipeline' (pipeline.json or None), 'stages': {stage: record},
   'commit', 'commit_source', 'config'}; a workdir without any stage folder is a UserError."""
-  if not os.path.isdir(workdir):
+  if not paths.isdir(workdir):
     raise UserError(f'--workdir={workdir} does not exist; give the workdir of '
                     '`python run.py pipeline`')
   pipeline = read_json(os.path.join(workdir, 'pipeline.json'))
@@ -164,5 +156,5 @@ def collect(workdir):
     commit, source = 'unknown', None
   config = (pipeline or {}).get('config') or {
       s: r['config'] for s, r in stages.items() if r.get('config')}
-  return {'workdir': os.path.abspath(workdir), 'pipeline': pipeline, 'stages': stages,
+  return {'workdir': paths.resolve(workdir), 'pipeline': pipeline, 'stages': stages,
           'commit': commit, 'commit_source': source, 'config': config}

@@ -22,6 +22,7 @@ from evaluation import evaluate
 from evaluation import reward_eval
 from evaluation import sampling
 from evaluation.report import collect
+from engine import paths
 
 MODEL_STAGES = ('pretrain', 'sft', 'dpo', 'ppo')
 ERRORS = (UserError, integrity.DamagedCheckpoint)
@@ -48,10 +49,7 @@ def save_cached(path, value):
   import jax
   if jax.process_index() != 0:  # every process evaluates (collectives); one writes
     return value
-  os.makedirs(os.path.dirname(path), exist_ok=True)
-  with open(path + '.tmp', 'w') as f:
-    json.dump(value, f, ensure_ascii=False, default=float)
-  os.replace(path + '.tmp', path)
+  paths.write_atomic(path, json.dumps(value, ensure_ascii=False, default=float))
   return value
 
 

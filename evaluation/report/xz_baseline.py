@@ -1,4 +1,5 @@
 """The classical baseline for bits per byte: xz compressing the validation text
+from engine import paths
 after the training text, counted as the extra bytes it costs.
 
     bits/byte = 8 * (len(xz(train + val)) - len(xz(train))) / len(val)
@@ -49,10 +50,9 @@ def cached_baseline(train_text, val_text, cache_dir, max_train_bytes=0, write=Tr
   for part in (train, b'\0', val, repr(FILTERS).encode()):
     digest.update(part)
   path = os.path.join(cache_dir, f'xz_{digest.hexdigest()[:20]}.json')
-  if os.path.isfile(path):
+  if paths.isfile(path):
     try:
-      with open(path) as f:
-        return json.load(f)
+      return json.loads(paths.read_text(path))
     except ValueError:
       pass  # a cut-short cache file: compute again
   result = {'bits_per_byte': extra_bits_per_byte(train, val), 'train_bytes': len(train),
@@ -60,11 +60,7 @@ def cached_baseline(train_text, val_text, cache_dir, max_train_bytes=0, write=Tr
             'method': 'xz -9e (LZMA2, 64 MiB dictionary), validation after training text'}
   if not write:
     return result
-  os.makedirs(cache_dir, exist_ok=True)
-  tmp = path + '.tmp'
-  with open(tmp, 'w') as f:
-    json.dump(result, f)
-  os.replace(tmp, path)
+  paths.write_atomic(path, json.dumps(result))
   return result
 
 
