@@ -144,15 +144,15 @@ def getmtime(path):
 
 def walk_files(path):
   """Every file under a folder, as full paths, sorted (gs:// has no glob('**'))."""
-  root = epath.Path(path)
-  if not root.is_dir():
-    return []
-  return sorted(str(p) for top, _, names in root.walk() for p in (top / n for n in names))
+  if is_remote(path):  # epath's walk drops the scheme on gs://
+    fs = gcs()
+    return sorted(f'gs://{key}' for key in fs.find(path) if not key.endswith('/'))
+  return sorted(os.path.join(top, name) for top, _, names in os.walk(path) for name in names)
 
 
 def folder_bytes(path):
   if is_remote(path):
-    return sum(getsize(p) for p in walk_files(path))
+    return sum(gcs().du(path, total=False).values()) if exists(path) else 0
   total = 0
   for top, _, names in os.walk(path):
     for name in names:

@@ -13,7 +13,6 @@ The state holds actor, critic, both optimizer states, the sampling RNG key and
 the KL coefficient; the prompt iterator's state is saved with it, so a resumed
 run is bitwise the uninterrupted one.
 """
-import os
 import time
 
 import jax

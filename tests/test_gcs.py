@@ -255,3 +255,39 @@ def test_two_processes_on_one_gs_workdir_resume_bitwise_after_sigkill(gcs, local
   from engine import integrity
   local_sums = integrity.recorded(os.path.join(local, 'checkpoints', '12'))
   assert local_sums and integrity.recorded(os.path.join(remote, 'checkpoints', '12')) == local_sums
+
+
+PIPELINE = [f'--config={TINY}', '--config.train.steps=30', '--config.train.eval_every=15',
+            '--config.train.eval_batches=2', '--config.pipeline.sft.train.steps=20',
+            '--config.pipeline.sft.train.eval_every=10', '--config.pipeline.sft.train.eval_batches=2',
+            '--config.pipeline.reward.train.steps=10', '--config.pipeline.reward.train.eval_batches=2',
+            '--config.pipeline.dpo.train.steps=8', '--config.pipeline.dpo.train.eval_batches=2',
+            '--config.pipeline.ppo.train.steps=3', '--config.pipeline.ppo.train.batch_size=8',
+            '--config.ppo.minibatches=2', '--config.sft.eval_prompts=8',
+            '--config.report.eval_prompts=8']
+
+
+@pytest.mark.slow
+def test_pipeline_on_gs_gives_the_local_runs_numbers(gcs, tmp_path):
+  """Every stage, short, in a gs:// workdir: each stage's key numbers and the report
+  card's model rows equal the local run's; the local disk gets nothing."""
+  from engine import paths
+  remote = f'{gcs.create_bucket("pipeline-run")}/run'
+  local = str(tmp_path / 'local')
+  cwd = tmp_path / 'cwd'
+  cwd.mkdir()
+  for workdir, where in ((local, REPO), (remote, str(cwd))):
+    result = run_cli('pipeline', *PIPELINE, f'--workdir={workdir}', cwd=where, timeout=1200)
+    assert result.returncode == 0, (result.stdout + result.stderr)[-3000:]
+  assert os.listdir(cwd) == []
+
+  def numbers(workdir):
+    record = json.loads(paths.read_text(f'{workdir}/pipeline.json'))['stages']
+    summaries = {s: {k: v for k, v in r['summary'].items() if k != 'index'}
+                 for s, r in record.items()}
+    report = json.loads(paths.read_text(f'{workdir}/report/report.json'))
+    return summaries, report['models']
+  local_numbers, remote_numbers = numbers(local), numbers(remote)
+  assert remote_numbers == local_numbers
+  assert local_numbers[0]['dpo']['eval_accuracy'] > 0  # a real number, not an empty record
+  assert {'index.html', 'report.md', 'report.json'} <= set(paths.listdir(f'{remote}/report'))

@@ -1,5 +1,4 @@
 """The classical baseline for bits per byte: xz compressing the validation text
-from engine import paths
 after the training text, counted as the extra bytes it costs.
 
     bits/byte = 8 * (len(xz(train + val)) - len(xz(train))) / len(val)
@@ -14,6 +13,8 @@ import hashlib
 import json
 import lzma
 import os
+
+from engine import paths
 
 DICT_SIZE = 64 * 2**20
 FILTERS = ({'id': lzma.FILTER_LZMA2, 'preset': 9 | lzma.PRESET_EXTREME, 'dict_size': DICT_SIZE},)
