@@ -24,11 +24,13 @@ def get_config():
   config.seed = 0  # the root of every random key (init, dropout-free sampling, data order)
 
   config.data = data = ml_collections.ConfigDict()
-  data.train_files = ()  # text/JSONL files or directories; empty = embedded corpus
+  data.train_files = ()  # text/JSONL/Parquet (.gz/.zst/.bz2/.xz), dirs, globs; ()=embedded
   data.eval_files = ()  # held-out files; empty = embedded corpus's validation split
   data.text_format = 'auto'  # 'auto' (by extension), 'text' or 'jsonl'
-  data.text_field = 'text'  # the JSONL key (or TFDS feature) that holds a document
+  data.text_field = 'text'  # JSONL key / Parquet column (and TFDS feature) of the text
   data.text_split = 'blank_line'  # text files: 'blank_line' blocks or one 'file' per document
+  data.prepare_workers = 0  # `prepare` processes; 0 = one per core (same dataset for any)
+  data.prepare_shard_mb = 128.0  # input MB per `prepare` work unit and array_record shard
   data.tfds_name = ''  # read an existing TFDS dataset instead of files (with tfds_data_dir)
   data.tfds_data_dir = ''  # where tfds_name lives; '' = WORKDIR/tfds for `prepare` output
   data.train_split = 'train'  # TFDS split used for training
