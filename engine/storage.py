@@ -189,13 +189,7 @@ def check_free_space(directory, previous_step_dir):
     return
   if not previous_step_dir or not os.path.isdir(previous_step_dir):
     return
-  needed = 0
-  for root, _, files in os.walk(previous_step_dir):
-    for name in files:
-      try:
-        needed += os.lstat(os.path.join(root, name)).st_size
-      except OSError:
-        pass
+  needed = paths.folder_bytes(previous_step_dir)
   stats = os.statvfs(directory)
   free = stats.f_bavail * stats.f_frsize
   if free < needed * 1.05 + (1 << 20):
