@@ -14,8 +14,8 @@ try:  # without --config, the default file's overrides are applied here, at defi
   CONFIG = config_flags.DEFINE_config_file(
       'config', os.path.join(REPO, 'configs', 'base.py'), 'Config file (configs/<name>.py).')
 except (AttributeError, KeyError) as e:
-  print(f'error: unknown config key {str(e).strip().strip(chr(34) + chr(39))!r} in a --config.* '
-        'override; see configs/base.py for the keys', file=sys.stderr)
+  from configs.errors import unknown_config_key
+  print(f'error: {unknown_config_key(e, sys.argv)}', file=sys.stderr)
   sys.exit(2)
 WORKDIR = flags.DEFINE_string('workdir', None, 'Directory for everything a run produces.')
 JSON = flags.DEFINE_bool('json', False, 'Print one JSON object as the last stdout line.')
@@ -66,8 +66,8 @@ def parse_flags(argv):
   try:
     return flags.FLAGS(argv)
   except (AttributeError, KeyError) as e:  # ml_collections: no such key
-    key = str(e).strip().strip('"\'').splitlines()[0]
-    fail(f'unknown config key {key!r} in a --config.* override; see configs/base.py for the keys')
+    from configs.errors import unknown_config_key
+    fail(unknown_config_key(e, argv))
   except (flags.Error, TypeError, ValueError) as e:
     message = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
     fail(f'{message}; see `python run.py <command> --help` and configs/base.py for flags and '

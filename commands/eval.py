@@ -3,6 +3,7 @@ fine-tuned workdir (or with --chat) the chat metrics instead."""
 from absl import flags
 
 from commands import common
+from configs.errors import UserError
 
 READS_WORKDIR_ONLY = True  # a read-only workdir is fine
 
@@ -34,6 +35,9 @@ def stage_of(workdir):
 def main(config, workdir):
   import jax
   stage = stage_of(workdir)
+  if SCORE_FILE.value and stage != 'reward':
+    raise UserError(f'--score_file scores responses with a reward model, but this checkpoint '
+                    f'is of the {stage} stage; give the --workdir of a `run.py reward` run')
   if stage == 'reward':
     from evaluation import reward_eval
     summary = reward_eval.run_reward_eval(config, workdir, checkpoint=CHECKPOINT(), step=STEP(),

@@ -17,6 +17,7 @@ from commands import pipeline_record
 from commands import pipeline_stages as stages_lib
 from configs import stages as stage_configs
 from configs import validate as validate_lib
+from configs.errors import ResumeConflict
 from configs.errors import UserError
 from engine import paths
 from engine.checkpoint_steps import finished_steps
@@ -41,6 +42,14 @@ def _selected():
     raise UserError(f'--stages={",".join(STAGES.value)}: unknown stage {unknown[0] if unknown else "(none)"}; '
                     f'choose from {",".join(stages_lib.ORDER)}')
   wanted = set(STAGES.value)
+  if INIT_FROM():  # it gives the pretrained model: the stages before are not run here
+    before = [s for s in ('tokenizer', 'prepare', 'pretrain') if s in wanted]
+    if before and flags.FLAGS['stages'].present:
+      rest = ','.join(s for s in STAGES.value if s not in before) or 'sft'
+      raise UserError(f'--init_from gives the pretrained model, so {",".join(before)} cannot '
+                      f'run; drop {",".join(before)} from --stages (e.g. '
+                      f'--stages={rest})')
+    wanted -= set(before)
   if 'pretrain' in wanted and not INIT_FROM():
     wanted |= {'tokenizer', 'prepare'}  # its cheap prerequisites (skipped once done)
   return [s for s in stages_lib.ORDER if s in wanted]
@@ -67,6 +76,20 @@ def _latest_checkpoint(folder):
   return steps[-1] if steps else None
 
 
+def stage_error(name, config, error):
+  """A stage's config error, naming the key the user sets: pipeline.<stage>.train.* for the
+  keys the stage takes from there, the top-level key for the others."""
+  key = getattr(error, 'key', None)
+  section = key.split('.')[0] if key else None
+  if key and name in config.pipeline and key.split('.', 1)[-1] in config.pipeline[name].get(
+      section, {}):
+    return f'stage {name}: pipeline.{name}.{error}'
+  if key:
+    return f'stage {name}: {error}'
+  return f'stage {name}: {error} (its train.*, checkpoint.* and data.seq_len keys are ' \
+         f'pipeline.{name}.*)'
+
+
 class Plan:
   """Decides, before any work, which stages run and which are skipped, so a changed
   config or a missing start is one error line with nothing touched."""
@@ -80,7 +103,7 @@ class Plan:
         try:
           validate_lib.validate(self.configs[name])
         except UserError as e:
-          raise UserError(f'stage {name}: {e} (its keys are pipeline.{name}.*)') from None
+          raise UserError(stage_error(name, config, e)) from None
       self.keys[name] = pipeline_record.shaping_keys(name, self.configs[name])
       self.digests[name] = self._decide(name, name in selected)
 
@@ -162,8 +185,12 @@ def main(config, workdir):
       current.update(stage=name, start=time.time())
       stage_config = plan.configs[name]
       record.update(name, status='running', folder=folders[name])
-      result = stages_lib.run(name, stage_config, workdir, folders,
-                              common.on_ready(stage_config, folders[name]))
+      try:
+        result = stages_lib.run(name, stage_config, workdir, folders,
+                                common.on_ready(stage_config, folders[name]))
+      except ResumeConflict as e:  # its fix names --noresume, which pipeline does not take
+        raise UserError(f'{name}: {e.problem}; delete {folders[name]} (and the stages after '
+                        f'it) to train {name} again, or use a new --workdir') from None
       signal.signal(signal.SIGTERM, _raise_stopped)  # a trainer leaves its own handlers
       signal.signal(signal.SIGINT, _raise_stopped)
       wall = time.time() - current['start'] + (record.stage(name).get('wall_s') or 0.0)

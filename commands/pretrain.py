@@ -17,5 +17,8 @@ def main(config, workdir):
       sys.exit(1)
     return
   from pretrain import trainer
+  if RESUME():  # before the data: another stage's workdir must not read as a missing dataset
+    from engine import checkpointing
+    checkpointing.check_workdir_stage(workdir, 'pretrain')
   trainer.run_pretrain(config, workdir, resume=RESUME(),
                        on_ready=common.on_ready(config, workdir))

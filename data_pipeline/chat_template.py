@@ -27,17 +27,46 @@ def role_token(role):
   return f'<|{role}|>'
 
 
-def check_messages(messages, where):
+def _type_name(value):
+  return 'null' if value is None else type(value).__name__
+
+
+def check_messages(messages, where, field='messages'):
+  """`field` of the record at `where` must be a non-empty list of {"role", "content"}."""
   if not isinstance(messages, list) or not messages:
-    raise UserError(f'{where}: "messages" must be a non-empty list of {{"role", "content"}}')
-  for message in messages:
+    raise UserError(f'{where}: "{field}" must be a non-empty list of {{"role", "content"}} '
+                    f'messages; got {_type_name(messages) if messages != [] else "[]"}')
+  for number, message in enumerate(messages, 1):
     if not isinstance(message, dict) or 'role' not in message or 'content' not in message:
-      raise UserError(f'{where}: every message needs "role" and "content"; got {message!r:.80}')
-    if message['role'] not in ROLES:
+      raise UserError(f'{where}: every message needs "role" and "content" (message {number} '
+                      f'of "{field}" is {message!r:.80})')
+    if not isinstance(message['role'], str) or message['role'] not in ROLES:
       raise UserError(f'{where}: unknown role {message["role"]!r}; use one of '
-                      f'{", ".join(ROLES)}')
+                      f'{", ".join(ROLES)} (in "{field}")')
     if not isinstance(message['content'], str):
-      raise UserError(f'{where}: message content must be a string')
+      raise UserError(f'{where}: message content must be a string ("{field}" message {number} '
+                      f'holds {_type_name(message["content"])}); quote it as text')
+
+
+def as_messages(value, role, where, field):
+  """A field that holds a string (one `role` message) or a message list, as messages;
+  anything else is one error line naming the field."""
+  if isinstance(value, str):
+    return [{'role': role, 'content': value}]
+  if not isinstance(value, list):
+    raise UserError(f'{where}: "{field}" must be a string or a list of {{"role", "content"}} '
+                    f'messages; got {_type_name(value)}')
+  check_messages(value, where, field)
+  return value
+
+
+def check_string(record, field, where, required=True):
+  """record[field] is a string (or absent/null when not `required`)."""
+  value = record.get(field)
+  if value is None and not required:
+    return
+  if not isinstance(value, str):
+    raise UserError(f'{where}: "{field}" must be a string; got {_type_name(value)}')
 
 
 def encode(tokenizer, messages, add_generation_prompt=False):

@@ -23,10 +23,8 @@ from data_pipeline.pretrain_loader import sharded_batches
 ROW_FIELDS = ('inputs', 'targets', 'loss_mask', 'segment_ids', 'positions')
 
 
-def as_messages(value, role, where):
-  messages = value if isinstance(value, list) else [{'role': role, 'content': value}]
-  chat_template.check_messages(messages, where)
-  return messages
+def as_messages(value, role, where, field):
+  return chat_template.as_messages(value, role, where, field)
 
 
 def to_pair(record, where):
@@ -35,12 +33,12 @@ def to_pair(record, where):
     raise UserError(f'{where} needs "chosen" and "rejected" (and optionally "prompt"); '
                     'convert it to the TRL preference format')
   if 'prompt' in record:
-    prompt = as_messages(record['prompt'], 'user', where)
-    chosen = as_messages(record['chosen'], 'assistant', where)
-    rejected = as_messages(record['rejected'], 'assistant', where)
+    prompt = as_messages(record['prompt'], 'user', where, 'prompt')
+    chosen = as_messages(record['chosen'], 'assistant', where, 'chosen')
+    rejected = as_messages(record['rejected'], 'assistant', where, 'rejected')
   else:  # implicit prompt: the longest common prefix of the two conversations
-    a = as_messages(record['chosen'], 'assistant', where)
-    b = as_messages(record['rejected'], 'assistant', where)
+    a = as_messages(record['chosen'], 'assistant', where, 'chosen')
+    b = as_messages(record['rejected'], 'assistant', where, 'rejected')
     shared = 0
     while shared < min(len(a), len(b)) - 1 and a[shared] == b[shared]:
       shared += 1
@@ -48,16 +46,23 @@ def to_pair(record, where):
   if not any(m['role'] == 'assistant' for m in chosen + rejected):
     raise UserError(f'{where}: the responses hold no assistant message; give the answers as '
                     'assistant turns')
-  margin = record.get('margin', 0.0)
-  if not isinstance(margin, (int, float)):
-    raise UserError(f'{where}: "margin" must be a number')
-  return {'prompt': prompt, 'chosen': chosen, 'rejected': rejected, 'margin': float(margin),
-          'kind': str(record.get('kind', 'pair'))}
+  margin = jsonl.finite_number(record, 'margin', where, 0.0)
+  kind = record.get('kind')
+  if kind is not None and (isinstance(kind, bool) or not isinstance(kind, (str, int))):
+    raise UserError(f'{where}: "kind" must be a string (a label); got {kind!r:.40}')
+  return {'prompt': prompt, 'chosen': chosen, 'rejected': rejected, 'margin': margin,
+          'kind': 'pair' if kind is None else str(kind)}
 
 
 def read_pairs(paths):
-  return [to_pair(record, where) for path in paths
-          for where, record in jsonl.records(path, 'preference file')]
+  pairs = []
+  for path in paths:
+    before = len(pairs)
+    pairs += [to_pair(record, where) for where, record in jsonl.records(path, 'preference file')]
+    if len(pairs) == before:
+      raise UserError(f'preference file {path} holds no pair (it is empty or blank); give '
+                      '{"prompt", "chosen", "rejected"} lines')
+  return pairs
 
 
 def make_row(ids, mask, seq_len):

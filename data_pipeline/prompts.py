@@ -30,13 +30,16 @@ def read_prompts(files):
     return out
   out = []
   for path in files:
+    before = len(out)
     for where, record in jsonl.records(path, 'prompt file'):
       if 'prompt' not in record:
         raise UserError(f'{where} has no "prompt"; give {{"prompt": text or messages}} lines')
-      prompt = record['prompt']
-      messages = prompt if isinstance(prompt, list) else [{'role': 'user', 'content': prompt}]
-      chat_template.check_messages(messages, where)
+      messages = chat_template.as_messages(record['prompt'], 'user', where, 'prompt')
+      chat_template.check_string(record, 'lang', where, required=False)
       out.append((messages, record.get('lang')))
+    if len(out) == before:
+      raise UserError(f'prompt file {path} holds no prompt (it is empty or blank); give '
+                      '{"prompt": text or messages} lines')
   return out
 
 

@@ -5,8 +5,9 @@ Whole conversations are packed into rows (first fit, never split across rows),
 so every conversation attends only to itself. Rules, counted and reported:
 - a conversation with no assistant token to learn is skipped ("empty");
 - one longer than `seq_len` + 1 tokens keeps its first `seq_len` + 1 tokens
-  (`sft.truncation='truncate'`, the default) or is skipped (`'drop'`); if
-  truncation leaves no assistant token it is skipped too.
+  (`sft.truncation='truncate'`, the default; "truncated") or is skipped (`'drop'`;
+  "dropped_long"); if truncation leaves no assistant token it is skipped ("cut_off").
+Each skipped or truncated conversation is counted under exactly one of these.
 For prompt tuning, `num_virtual` placeholder tokens start every conversation:
 the model replaces their embeddings (positions 0..N-1) with the soft prompt.
 """
@@ -24,7 +25,7 @@ def tokenize_conversations(records, tokenizer, seq_len, num_virtual=0, truncatio
   """(examples, stats). Each example: inputs/targets/loss_mask int32 arrays."""
   examples = []
   stats = {'conversations': len(records), 'empty': 0, 'truncated': 0, 'dropped_long': 0,
-           'trained_tokens': 0}
+           'cut_off': 0, 'trained_tokens': 0}
   for record in records:
     ids, mask = chat_template.encode(tokenizer, record['messages'])
     if num_virtual:
@@ -38,10 +39,10 @@ def tokenize_conversations(records, tokenizer, seq_len, num_virtual=0, truncatio
         stats['dropped_long'] += 1
         continue
       ids, mask = ids[:seq_len + 1], mask[:seq_len + 1]
-      stats['truncated'] += 1
-      if not mask[1:].any():
-        stats['empty'] += 1
+      if not mask[1:].any():  # each conversation is counted once, under one reason
+        stats['cut_off'] += 1
         continue
+      stats['truncated'] += 1
     examples.append({'inputs': ids[:-1], 'targets': ids[1:], 'loss_mask': mask[1:]})
     stats['trained_tokens'] += int(mask[1:].sum())
   return examples, stats
@@ -50,8 +51,10 @@ def tokenize_conversations(records, tokenizer, seq_len, num_virtual=0, truncatio
 def check_not_empty(examples, stats, what):
   if not examples:
     raise UserError(f'{what}: none of its {stats["conversations"]} conversations has an '
-                    'assistant reply to train on (or every one is longer than data.seq_len); '
-                    'give conversations with assistant turns')
+                    f'assistant reply to train on ({stats["empty"]} without an assistant turn, '
+                    f'{stats["cut_off"]} whose reply starts beyond data.seq_len, '
+                    f'{stats["dropped_long"]} dropped as too long); give conversations with '
+                    'assistant turns or raise data.seq_len')
 
 
 def _rename(packed):

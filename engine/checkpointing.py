@@ -13,6 +13,7 @@ from absl import logging
 import grain
 import orbax.checkpoint as ocp
 
+from configs.errors import ResumeConflict
 from configs.errors import UserError
 from engine import paths
 
@@ -106,16 +107,38 @@ def _all_process_data_states(manager, step):
   return {'shards': shards} if shards else None
 
 
-def check_compatible(meta, config, tokenizer):
+def check_stage(meta, stage):
+  """A workdir's checkpoints resume only in the stage that wrote them."""
+  saved_stage = meta.get('stage') or 'pretrain'
+  if saved_stage != stage:
+    raise ResumeConflict(f'this workdir holds {saved_stage} checkpoints (from `run.py '
+                         f'{saved_stage}`), which {stage} cannot resume',
+                         f'give {stage} a new --workdir')
+
+
+def check_workdir_stage(workdir, stage):
+  """check_stage on the workdir's latest checkpoint, before a stage loads its data; a
+  workdir without (readable) checkpoints passes, the trainer reports what it finds."""
+  from engine import restore_params
+  try:
+    directory, step = restore_params.locate(workdir, None, None)
+    meta = restore_params.read_meta(directory, step)
+  except UserError:
+    return
+  check_stage(meta, stage)
+
+
+def check_compatible(meta, config, tokenizer, stage='pretrain'):
+  check_stage(meta, stage)
   saved = meta['config']['model']
   for field in ARCHITECTURE_FIELDS:
     if saved.get(field) != config.model[field]:
-      raise UserError(f'model.{field}={config.model[field]} but the checkpoint was trained with '
-                      f'{saved.get(field)}; use the checkpoint\'s value, a new workdir, or '
-                      '--noresume')
+      raise ResumeConflict(f'model.{field}={config.model[field]} but the checkpoint was '
+                           f'trained with {saved.get(field)}',
+                           'use the checkpoint\'s value, a new workdir, or --noresume')
   if meta.get('tokenizer_fingerprint') not in (None, tokenizer.fingerprint):
-    raise UserError('the tokenizer differs from the one the checkpoint was trained with; '
-                    'restore the original tokenizer or use a new workdir')
+    raise ResumeConflict('the tokenizer differs from the one the checkpoint was trained with',
+                         'restore the original tokenizer or use a new workdir')
   changed = [f'{section}.{key}: {meta["config"][section][key]!r} -> {config[section][key]!r}'
              for section in ('train', 'data', 'checkpoint', 'model')
              for key in config[section]

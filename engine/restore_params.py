@@ -181,6 +181,16 @@ def fingerprint(directory, step):
                                                       'metadata'))).hexdigest()[:16]
 
 
+def check_language_model(directory, step, meta):
+  """A reward checkpoint is one line for the commands that need a language model."""
+  if meta.get('stage') == 'reward':
+    started = os.path.dirname((meta.get('base') or {}).get('directory', '').rstrip('/'))
+    raise UserError(f'{directory}/{step} is a reward model: it scores text and has no '
+                    'language-model head to sample from or export; score responses with '
+                    '`run.py eval --workdir=<it> --score_file=FILE`, or use the language model '
+                    f'it started from ({started or "its --init_from"})')
+
+
 def model_params(directory, step, meta, spec):
   """(params the model runs with, soft prompt or None) of any stage's checkpoint.
 
@@ -188,6 +198,7 @@ def model_params(directory, step, meta, spec):
   is loaded (recursively) and merged, W + scale·A·B. A prompt-tuning checkpoint
   holds the soft prompt; the model params are its base's.
   """
+  check_language_model(directory, step, meta)
   state_dir = os.path.join(directory, str(step), 'state')
   part = meta.get('params_part')  # PPO: the trained tree is {'actor': ..., 'critic': ...}
 

@@ -43,6 +43,19 @@ def reward_params(directory, step, meta, spec):
   return restore_params.restore_tree(state_dir, abstract, shardings)
 
 
+def check_reward_from(reward_from):
+  """--reward_from names a workdir with checkpoints (their stage is checked on loading)."""
+  fix = ('train one with `run.py reward --init_from=<your SFT workdir> --workdir=DIR` and give '
+         '--reward_from=DIR')
+  if not reward_from:
+    raise UserError(f'--reward_from is required: a workdir made by `run.py reward`; {fix}')
+  path = paths.resolve(reward_from, '--reward_from')
+  if not restore_params.all_steps(os.path.join(path, 'checkpoints')):
+    missing = 'does not exist' if not paths.exists(path) else 'holds no checkpoint'
+    raise UserError(f'--reward_from={reward_from} {missing}; it must be a workdir made by '
+                    f'`run.py reward`: {fix}')
+
+
 def load_reward_model(workdir, config, checkpoint=None, step=None, mesh=None):
   """(spec, {'lm', 'head'}, tokenizer, saved config, step, meta) of a reward workdir; a
   damaged latest step falls back to the one before (a named one is an error)."""

@@ -320,8 +320,19 @@ class Trainer:
       if not quiet:
         raise
 
+  def _remote_bound(self, fn, what):
+    """fn() waited for at most checkpoint.timeout_s when the workdir or the data is on
+    gs://: a read from a store that went away retries for many minutes inside
+    array_record's and gcsfs's clients; here it is one error line instead."""
+    data_dir = self.config.data.get('tfds_data_dir') or ''
+    if not (paths.is_remote(self.workdir) or paths.is_remote(data_dir)):
+      return fn()
+    return storage.bounded(fn, self.config.checkpoint.get('timeout_s', 600),
+                           f'{what} ({self.workdir})')
+
   def _evaluate(self, step, writer):
-    metrics = self.stage.evaluate(self.state['params'])
+    metrics = self._remote_bound(lambda: self.stage.evaluate(self.state['params']),
+                                 f'evaluating step {step}')
     if metrics:
       writer.write(step, metrics)
     return metrics
@@ -350,7 +361,9 @@ class Trainer:
     if start == 0:  # every process evaluates (collectives); only process 0 writes
       eval_metrics, eval_step = self._evaluate(0, writer), 0
     while step < train_cfg.steps:
-      batch = make_global_batch(next(stage.data_iter), stage.mesh)
+      rows = self._remote_bound(lambda: next(stage.data_iter),
+                                f'reading the batch of step {step + 1}')
+      batch = make_global_batch(rows, stage.mesh)
       self.state, metrics = step_fn(self.state, stage.frozen, batch)
       step += 1
       loss = float(metrics['loss'])
@@ -359,7 +372,10 @@ class Trainer:
         raise UserError(f'loss is {loss} at step {step}; '
                         + (f'the last good checkpoint (step {kept}) is kept; '
                            if kept is not None else '')
-                        + 'lower train.learning_rate or enable train.grad_clip')
+                        + ('lower train.learning_rate (train.grad_clip='
+                           f'{self.config.train.grad_clip} is on), and check the data for '
+                           'extreme values' if self.config.train.grad_clip > 0 else
+                           'lower train.learning_rate or enable train.grad_clip (e.g. 1.0)'))
       window_steps += 1
       progress.update(1)
       if step == start + 1:  # the first step compiles; keep it out of the speed numbers

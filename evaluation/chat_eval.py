@@ -98,7 +98,9 @@ def run_chat_eval(config, workdir, *, checkpoint=None, step=None, eval_files=(),
   directory, step = restore_params.locate(workdir, checkpoint, step)
   meta = restore_params.read_meta(directory, step)
   files = tuple(eval_files) or embedded.chat_eval_files(saved)
-  records = chat_formats.read_chat_files(files, saved.data.get('chat_format', 'auto'))
+  # This command's data.chat_format (default auto), not training's: the held-out files are
+  # given here, and the fix an error line names (--config.data.chat_format) must work here.
+  records = chat_formats.read_chat_files(files, config.data.chat_format)
   num_virtual = 0 if soft_prompt is None else soft_prompt.shape[0]
   examples, stats = sft_loader.tokenize_conversations(
       records, tokenizer, saved.data.seq_len, num_virtual,
@@ -119,6 +121,8 @@ def run_chat_eval(config, workdir, *, checkpoint=None, step=None, eval_files=(),
   picked = spread_over_tasks(with_answers, count)
   answers = answer(spec, params, soft_prompt, tokenizer, picked, config.sft.max_new_tokens,
                    max(batch_size, 16))
+  if not answers:
+    raise UserError('no held-out conversation has an assistant reply to compare with')
   summary = {'step': step, 'stage': meta.get('stage', 'pretrain'),
              'method': meta.get('method'), 'loss': loss['eval_loss'],
              'perplexity': loss['eval_perplexity'], 'tokens': loss['eval_tokens'],
@@ -134,8 +138,6 @@ def run_chat_eval(config, workdir, *, checkpoint=None, step=None, eval_files=(),
         (split_prompt(r)[0], [{'role': 'assistant', 'content': a['text']}])
         for r, a in zip(picked, answers)], batch_size)
     summary['reward_model_score'] = sum(scores) / len(scores)
-  if not answers:
-    raise UserError('no held-out conversation has an assistant reply to compare with')
   if keep_answers:
     summary['answered'] = [(split_prompt(r)[0], a['text']) for r, a in zip(picked, answers)]
   return summary

@@ -27,6 +27,8 @@ def score_pairs(score_fn, params, frozen, examples, rows, mesh, max_batches=None
     out = score_fn(params, frozen, make_global_batch(local, mesh))
     scores.append(np.asarray(out.addressable_data(0), np.float64))
   n = min(len(examples), len(batches) * rows)
+  if not scores:  # nothing to score: the callers say which file was empty
+    return np.zeros((0, 2), np.float64), np.zeros((0,), np.int32)
   kinds = np.asarray([e['kind'][0] for e in examples[:n]])
   return np.concatenate(scores)[:n], kinds
 

@@ -41,6 +41,7 @@ def eval_pairs(eval_files, tokenizer, seq_len):
 def run_reward_eval(config, workdir, *, checkpoint=None, step=None, eval_files=(),
                     batch_size=8, score_file=None):
   from posttrain import reward
+  scored = read_scored(score_file) if score_file else None  # its mistakes cost no loading
   spec, params, tokenizer, saved, step, meta = restore_reward.load_reward_model(
       workdir, config, checkpoint, step)
   score_fn = with_mesh(spec.mesh, jax.jit(reward.pair_scores_fn(spec, lambda lm, _: lm),
@@ -51,8 +52,8 @@ def run_reward_eval(config, workdir, *, checkpoint=None, step=None, eval_files=(
   summary = {'stage': 'reward', 'step': step, **pair_scores.accuracy(scores, kinds,
                                                                     stats['kinds']),
              'reward_mean': float(scores.mean()), 'reward_std': float(scores.std())}
-  if score_file:
-    summary['scores'] = score_responses(score_fn, params, spec, tokenizer, score_file,
+  if scored:
+    summary['scores'] = score_responses(score_fn, params, spec, tokenizer, scored,
                                         saved.data.seq_len, rows)
   return summary
 
@@ -83,20 +84,29 @@ def reward_model_scores(reward_workdir, config, conversations, batch_size=8):
   return [float(x) for x in scores[:, 0]]
 
 
-def score_responses(score_fn, params, spec, tokenizer, path, seq_len, rows):
-  """Scores of each {"prompt", "response"} (strings or messages) or {"messages"} line."""
+def read_scored(path):
+  """(prompt messages, response messages) of each {"prompt", "response"} (strings or
+  messages) or {"messages"} line (the last message is the response)."""
   conversations = []
   for where, record in jsonl.records(path, '--score_file'):
     if 'messages' in record:
       messages = record['messages']
+      chat_template.check_messages(messages, where)
       prompt, response = messages[:-1], messages[-1:]
     elif 'prompt' in record and 'response' in record:
-      prompt = preference.as_messages(record['prompt'], 'user', where)
-      response = preference.as_messages(record['response'], 'assistant', where)
+      prompt = chat_template.as_messages(record['prompt'], 'user', where, 'prompt')
+      response = chat_template.as_messages(record['response'], 'assistant', where, 'response')
     else:
       raise UserError(f'{where} needs "prompt" and "response" (or "messages")')
-    chat_template.check_messages(prompt + response, where)
     conversations.append((prompt, response))
+  if not conversations:
+    raise UserError(f'--score_file={path} holds no line to score (it is empty or blank); give '
+                    '{"prompt", "response"} lines')
+  return conversations
+
+
+def score_responses(score_fn, params, spec, tokenizer, conversations, seq_len, rows):
+  """Scores of (prompt, response) conversations (read_scored's), in order."""
   examples = _scored_examples(tokenizer, conversations, seq_len)
   scores, _ = pair_scores.score_pairs(score_fn, params, {}, examples, rows, spec.mesh)
   return [float(s) for s in scores[:, 0]]

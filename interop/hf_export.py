@@ -134,6 +134,7 @@ def run_export(config, workdir, out, *, checkpoint=None, step=None, overwrite=Fa
 
 
 def _export_step(config, workdir, out, directory, step, meta, parity):
+  restore_params.check_language_model(directory, step, meta)
   saved = ml_collections.ConfigDict(meta['config'])
   tokenizer = tokenizer_lib.load_tokenizer(
       tokenizer_lib.tokenizer_path(workdir, config.tokenizer), saved.model.vocab_size)

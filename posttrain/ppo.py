@@ -100,10 +100,10 @@ class PpoStage(Stage):
 
   def __init__(self, config, workdir, init_from, reward_from):
     self.config, self.workdir, cfg = config, workdir, config.ppo
+    if init_from:  # before the policy loads (a missing --init_from is named first)
+      restore_reward.check_reward_from(reward_from)
     self.init, self.mesh, self.spec, sft_params = start_model(config, workdir, init_from, 'ppo')
     self.tokenizer = tok = self.init.tokenizer
-    if not reward_from:
-      raise UserError('--reward_from is required: a workdir made by `run.py reward`')
     self.reward_spec, reward, rtok, _, _, reward_meta = restore_reward.load_reward_model(
         reward_from, config, mesh=self.mesh)
     if rtok.fingerprint != tok.fingerprint:

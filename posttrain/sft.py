@@ -159,7 +159,8 @@ def run_sft(config, workdir, init_from, resume=True, on_ready=None):
     stats = stage.train_stats
     return (f'sft: {stage.method}, {stage.trainable_count():,} trainable params; '
             f'{len(stage.train_examples):,} training conversations ({stats["empty"]} without an '
-            f'assistant reply skipped, {stats["truncated"]} truncated, {stats["dropped_long"]} '
+            f'assistant reply skipped, {stats.get("cut_off", 0)} whose reply starts beyond '
+            f'data.seq_len skipped, {stats["truncated"]} truncated, {stats["dropped_long"]} '
             f'dropped as too long), {len(stage.eval_examples):,} held out')
 
   def outcome(result):

@@ -83,16 +83,17 @@ def base_meta(init):
 
 def check_resume(meta, config, tokenizer, own_meta, method_key):
   """A workdir's checkpoints resume only with the same method and the same start."""
-  from configs.errors import UserError
+  from configs.errors import ResumeConflict
   from engine import checkpointing
-  checkpointing.check_compatible(meta, config, tokenizer)
+  checkpointing.check_compatible(meta, config, tokenizer, own_meta['stage'])
   if meta.get('method') != own_meta['method']:
-    raise UserError(f'{method_key}={own_meta["method"]} but the checkpoints in this workdir '
-                    f'were trained with {meta.get("method")}; use a new workdir or --noresume')
+    raise ResumeConflict(f'{method_key}={own_meta["method"]} but the checkpoints in this '
+                         f'workdir were trained with {meta.get("method")}',
+                         'use a new workdir or --noresume')
   if meta.get('base', {}).get('fingerprint') != own_meta['base']['fingerprint']:
-    raise UserError(f'the checkpoints in this workdir were trained from '
-                    f'{meta["base"]["directory"]}/{meta["base"]["step"]}, not --init_from; '
-                    'resume with that --init_from or use a new workdir')
+    raise ResumeConflict(f'the checkpoints in this workdir were trained from '
+                         f'{meta["base"]["directory"]}/{meta["base"]["step"]}, not --init_from',
+                         'resume with that --init_from or use a new workdir')
 
 
 def pretrain_workdir(init):

@@ -135,10 +135,14 @@ def test_format_is_detected_per_file(tmp_path):
   # Within one file, the first record decides: a later record of another format is an error.
   mixed = _write_jsonl(tmp_path / 'mixed.jsonl', [{'messages': CONVERSATION},
                                                   {'instruction': 'x', 'output': 'y'}])
-  with pytest.raises(UserError, match=r'mixed\.jsonl:2 has none of the known chat fields'):
+  with pytest.raises(UserError, match=r"mixed\.jsonl:2 is in the alpaca format \(instruction/"
+                     r"output\), but the file's first record \(.*mixed\.jsonl:1\) is messages "
+                     r"\(messages\); one format per file"):
     chat_formats.read_chat_file(mixed)
-  # A forced format applies to every record.
-  with pytest.raises(UserError, match='has none of the known chat fields'):
+  # A forced format applies to every record; a record of another format says which it is.
+  with pytest.raises(UserError, match=r"a\.jsonl:1 is in the messages format \(messages\), but "
+                     r"data.chat_format='alpaca' asks for instruction/output; set "
+                     r"--config.data.chat_format=auto \(or =messages\)"):
     chat_formats.read_chat_file(a, forced_format='alpaca')
   # Blank lines are skipped.
   blank = _write_jsonl(tmp_path / 'blank.jsonl', ['', json.dumps({'messages': CONVERSATION}),
@@ -191,7 +195,7 @@ def test_tokenize_counts_empty_truncated_and_dropped(tiny_tokenizer):
   examples, stats = sft_loader.tokenize_conversations(records, tok, seq_len)
   long_ids, long_mask = _encode(tok, long_answer['messages'])
   assert stats == {'conversations': 3, 'empty': 1, 'truncated': 1, 'dropped_long': 0,
-                   'trained_tokens': int(normal_mask[1:].sum())
+                   'cut_off': 0, 'trained_tokens': int(normal_mask[1:].sum())
                    + int(long_mask[1:seq_len + 1].sum())}
   assert len(examples) == 2
   np.testing.assert_array_equal(examples[0]['inputs'], normal_ids[:-1])
@@ -203,9 +207,11 @@ def test_tokenize_counts_empty_truncated_and_dropped(tiny_tokenizer):
   np.testing.assert_array_equal(truncated['targets'], long_ids[1:seq_len + 1])
   np.testing.assert_array_equal(truncated['loss_mask'], long_mask[1:seq_len + 1])
 
-  # Truncation that cuts off every assistant token: the conversation is skipped.
+  # Truncation that cuts off every assistant token: the conversation is skipped, counted
+  # once ("cut_off"), neither as truncated nor as without an assistant reply.
   gone, gstats = sft_loader.tokenize_conversations([long_question], tok, seq_len)
-  assert gone == [] and gstats['empty'] == 1 and gstats['trained_tokens'] == 0
+  assert gone == [] and gstats['trained_tokens'] == 0
+  assert (gstats['cut_off'], gstats['empty'], gstats['truncated']) == (1, 0, 0)
 
   records = [normal, no_assistant, long_answer, long_question]
   dropped, dstats = sft_loader.tokenize_conversations(records, tok, seq_len, truncation='drop')
@@ -220,8 +226,10 @@ def test_tokenize_counts_empty_truncated_and_dropped(tiny_tokenizer):
   assert estats['truncated'] == 1
 
   empty, estats = sft_loader.tokenize_conversations([no_assistant, long_question], tok, seq_len)
-  assert empty == [] and estats['empty'] == 2
-  with pytest.raises(UserError, match='none of its 2 conversations has an assistant reply'):
+  assert empty == [] and (estats['empty'], estats['cut_off']) == (1, 1)
+  with pytest.raises(UserError, match=r'none of its 2 conversations has an assistant reply to '
+                     r'train on \(1 without an assistant turn, 1 whose reply starts beyond '
+                     r'data.seq_len, 0 dropped as too long\)'):
     sft_loader.check_not_empty(empty, estats, 'the training chat files')
   sft_loader.check_not_empty(examples, stats, 'fine')  # no error
 

@@ -183,7 +183,7 @@ def test_margin_and_kind_are_kept(tiny_tokenizer, tmp_path):
   assert stats['kinds'] == ['alpha', 'pair', 'zeta']
   assert [e['kind'].tolist() for e in examples] == [[2, 2], [0, 0], [1, 1]]
   assert [e['margin'].tolist() for e in examples] == [[2.0, 2.0], [0.5, 0.5], [0.0, 0.0]]
-  with pytest.raises(UserError, match='x:7: "margin" must be a number'):
+  with pytest.raises(UserError, match='x:7: "margin" must be a finite number'):
     preference.to_pair({'prompt': Q1, 'chosen': A1, 'rejected': CHOSEN, 'margin': 'big'}, 'x:7')
 
 
@@ -200,7 +200,7 @@ def test_margin_and_kind_are_kept(tiny_tokenizer, tmp_path):
     (['{"prompt": "a", "chosen": [{"role": "user", "content": "b"}], '
       '"rejected": [{"role": "user", "content": "c"}]}'],
      r'bad\.jsonl:1: the responses hold no assistant message'),
-    (['{"prompt": "a", "chosen": [], "rejected": "c"}'], r'bad\.jsonl:1: "messages" must be'),
+    (['{"prompt": "a", "chosen": [], "rejected": "c"}'], r'bad\.jsonl:1: "chosen" must be a non-empty list'),
 ])
 def test_read_pairs_errors_name_file_and_line(tmp_path, lines, message):
   path = _jsonl(tmp_path / 'bad.jsonl', lines)
