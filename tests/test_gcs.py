@@ -102,6 +102,15 @@ def test_eval_generate_resume_and_export_read_a_gs_workdir(local_and_remote, tmp
   from engine import paths
   assert {'config.json', 'model.safetensors', 'tokenizer.model'} <= set(
       paths.listdir(f'{remote}-hf'))
+  # Imported back from gs:// into a gs:// workdir: the same model answers the same.
+  imported = run_cli('import', f'--config={TINY}', f'--hf_dir={remote}-hf',
+                     f'--workdir={remote}-imported', '--noparity', cwd=str(cwd))
+  assert imported.returncode == 0, imported.stderr[-2000:]
+  answers = [run_cli('generate', f'--config={TINY}', f'--workdir={w}', '--prompt=The', '--json',
+                     *step, cwd=str(cwd))
+             for w, step in ((f'{remote}-imported', []), (remote, ['--step=12']))]
+  ids = [json.loads(a.stdout.splitlines()[-1])['samples'][0]['ids'] for a in answers]
+  assert ids[0] == ids[1] and len(ids[0]) > 1
   assert os.listdir(cwd) == []
 
 
