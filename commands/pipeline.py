@@ -105,7 +105,23 @@ class Plan:
         except UserError as e:
           raise UserError(stage_error(name, config, e)) from None
       self.keys[name] = pipeline_record.shaping_keys(name, self.configs[name])
+    for name in stages_lib.ORDER:
       self.digests[name] = self._decide(name, name in selected)
+
+  def _changed_anywhere(self):
+    """The changed keys of every finished stage, not only the first stale one: a new
+    preset first changes the tokenizer's keys, but the user needs to see the model's."""
+    old, new = {}, {}
+    for name in stages_lib.ORDER:
+      entry = self.record.stage(name) or {}
+      if entry.get('status') == 'done' and entry.get('keys'):
+        old.update(entry['keys'])
+        new.update({k: self.keys[name].get(k) for k in entry['keys']})
+    first = sorted(k for k in old if old[k] != new[k] and k.startswith('model.'))
+    rest = sorted(k for k in old if old[k] != new[k] and not k.startswith('model.'))
+    return pipeline_record.changed_keys({k: old[k] for k in first + rest},
+                                        {k: new[k] for k in first + rest}, limit=6,
+                                        order=first + rest)
 
   def _upstream_digests(self, name):
     return [self.digests[u] for u in stages_lib.NEEDS[name]]
@@ -131,7 +147,8 @@ class Plan:
       if entry.get('digest') == digest:
         self.actions[name] = 'skip' if selected else None
         return digest
-      changed = pipeline_record.changed_keys(entry.get('keys', {}), self.keys[name])
+      changed = self._changed_anywhere() or pipeline_record.changed_keys(
+          entry.get('keys', {}), self.keys[name])
       why = (f'with other settings ({changed})' if changed else
              f'from another {"/".join(stages_lib.NEEDS[name])} result')
       raise UserError(f'{folder} finished {why}; use a new --workdir, or delete {folder} and the '

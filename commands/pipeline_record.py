@@ -95,8 +95,8 @@ class Record:
     paths.write_atomic(self.path, json.dumps(self.data, indent=1, ensure_ascii=False))
 
 
-def changed_keys(old, new, limit=3):
-  """'a.b 1 -> 2, ...' for the keys whose values differ."""
-  names = sorted(k for k in set(old) | set(new) if old.get(k) != new.get(k))
+def changed_keys(old, new, limit=3, order=None):
+  """'a.b 1 -> 2, ...' for the keys whose values differ (sorted, or in `order`)."""
+  names = [k for k in (order or sorted(set(old) | set(new))) if old.get(k) != new.get(k)]
   text = ', '.join(f'{k} {old.get(k)!r} -> {new.get(k)!r}' for k in names[:limit])
   return text + (f' and {len(names) - limit} more' if len(names) > limit else '')

@@ -136,6 +136,12 @@ def test_a_finished_stage_with_changed_settings_is_refused_before_any_work(finis
   assert len(errors) == 1 and errors[0].startswith('error: '), result.stderr
   assert 'sft' in errors[0] and 'train.learning_rate' in errors[0]
   assert tree_hashes(workdir) == before
+  # Another model preset: its tokenizer keys differ first, but the line names the model's.
+  other = run_cli('pipeline', '--config=configs/small.py', f'--workdir={workdir}')
+  assert other.returncode == 2, other.stderr[-2000:]
+  line = other.stderr.strip().splitlines()[-1]
+  assert line.startswith('error: ') and 'model.d_model 128 -> 384' in line, line
+  assert tree_hashes(workdir) == before
 
 
 def test_post_training_can_start_from_a_pretraining_workdir_elsewhere(finished, tmp_path):
