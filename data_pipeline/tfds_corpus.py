@@ -26,6 +26,7 @@ from configs.errors import UserError
 from data_pipeline import documents
 from data_pipeline import embedded
 from data_pipeline import prepare_shards
+from engine import paths
 
 DATASET_NAME = 'text_corpus'
 VERSION = '1.0.0'
@@ -38,14 +39,10 @@ def tfds_dir(config, workdir):
   return config.data.tfds_data_dir or os.path.join(workdir, 'tfds')
 
 
-def _is_remote(path):
-  return str(path).startswith('gs://')
-
-
 def _stat(path):
   """(the path as recorded in the manifest, size, int mtime)."""
   stat = epath.Path(path).stat()
-  return (path if _is_remote(path) else os.path.abspath(path), stat.length, int(stat.mtime))
+  return (path if paths.is_remote(path) else os.path.abspath(path), stat.length, int(stat.mtime))
 
 
 def _manifest(split_files, data_config):
@@ -167,7 +164,7 @@ def prepare(config, workdir):
       return data_dir, _counts(version_dir)
   for split, files in split_files.items():  # fail on empty corpora before writing anything
     next(iter(documents.iter_documents(files, config.data, SPLIT_KEYS[split])))
-  remote = _is_remote(data_dir)
+  remote = paths.is_remote(data_dir)
   created = None if remote else _missing_ancestor(os.path.join(data_dir, DATASET_NAME))
   # array_record cannot write to gs://: build on the local disk, then upload
   build_dir = tempfile.mkdtemp(prefix='prepare-') if remote else _local_build_dir(data_dir)

@@ -169,8 +169,9 @@ def upload_tree(local_dir, target):
     rel = os.path.relpath(top, local_dir)
     for name in names:
       dest = os.path.join(target, name) if rel == '.' else os.path.join(target, rel, name)
-      if is_remote(dest):
-        epath.Path(dest).write_bytes(open(os.path.join(top, name), 'rb').read())
+      if is_remote(dest):  # streamed: shards are up to data.prepare_shard_mb each
+        with open(os.path.join(top, name), 'rb') as src, epath.Path(dest).open('wb') as dst:
+          shutil.copyfileobj(src, dst, 16 << 20)
       else:
         os.makedirs(os.path.dirname(dest), exist_ok=True)
         shutil.copyfile(os.path.join(top, name), dest)
