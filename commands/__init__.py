@@ -20,4 +20,6 @@ COMMANDS = {
     'bench': 'commands.bench',
     'describe': 'commands.describe',
     'report': 'commands.report',
+    'serve': 'commands.serve',
+    'chat': 'commands.chat',
 }

@@ -189,3 +189,11 @@ def get_config():
   mesh.fsdp = 1  # parameter-sharding ways (ZeRO-3 style)
   mesh.tensor = 1  # tensor-parallel ways (heads and MLP split)
   return config
+  # `run.py serve` / `run.py chat`: the continuous-batching engine (serving/engine.py).
+  config.serve = serve = ml_collections.ConfigDict()
+  serve.max_batch = 16  # decode slots: requests generated together in one jitted step
+  serve.min_bucket = 16  # smallest prefill length bucket (then powers of two up to the context)
+  serve.max_queue = 256  # requests waiting for a slot; beyond this a request gets HTTP 503
+  serve.default_max_tokens = 256  # chat answers without max_tokens (capped by the context)
+  serve.max_n = 16  # most choices (n) one request may ask for
+
