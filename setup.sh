@@ -13,6 +13,11 @@ if [[ "${1:-}" == "test" ]]; then
     apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq \
       slurm-wlm munge openmpi-bin >/dev/null
   fi
+  # Headless Chromium for the chat-page test (tests/test_serve_page.py drives it through
+  # Playwright by its path: nothing downloads a browser).
+  if [[ $(id -u) == 0 ]] && command -v apt-get >/dev/null && ! command -v chromium >/dev/null; then
+    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null
+  fi
   .venv/bin/python -m pip install --quiet --disable-pip-version-check -r requirements-test.txt \
-    -r requirements-bench.txt -r requirements-hf.txt
+    -r requirements-bench.txt -r requirements-hf.txt -r requirements-lmeval.txt
 fi
