@@ -19,6 +19,9 @@ QUANTIZE = common.define('enum', 'quantize', 'none', ['none', 'int8'],
 CHAT = common.define('bool', 'chat', False, 'Chat metrics (the default on fine-tuned workdirs).')
 
 
+TOKEN_NLLS = flags.DEFINE_string('token_nlls', None, 'Write each document\'s token ids and '
+                                  'per-token NLLs to this JSONL (any language-model stage) '
+                                  'instead of the summary metrics.')
 SCORE_FILE = flags.DEFINE_string('score_file', None, 'Reward workdirs: also score each '
                                   '{"prompt", "response"} line of this JSONL.')
 
@@ -35,6 +38,17 @@ def stage_of(workdir):
 def main(config, workdir):
   import jax
   stage = stage_of(workdir)
+  if TOKEN_NLLS.value:
+    from evaluation import token_nlls
+    summary = token_nlls.run_token_nlls(config, workdir, TOKEN_NLLS.value,
+                                        checkpoint=CHECKPOINT(), step=STEP(),
+                                        eval_files=EVAL_FILES.value, quantize=QUANTIZE())
+    if jax.process_index() == 0:
+      print(f'{summary["documents"]} documents, {summary["tokens"]} tokens, total NLL '
+            f'{summary["nll"]:.4f} (step {summary["step"]}) → {summary["token_nlls"]}')
+      if common.JSON.value:
+        common.print_json(summary)
+    return
   if SCORE_FILE.value and stage != 'reward':
     raise UserError(f'--score_file scores responses with a reward model, but this checkpoint '
                     f'is of the {stage} stage; give the --workdir of a `run.py reward` run')
