@@ -42,3 +42,4 @@ def tiny_tokenizer(tiny_workdir):
 
 
 from tests.gcs_helpers import gcs  # noqa: E402,F401  (the gs:// emulator fixture)
+from tests.serve_helpers import served_workdir, serve_url  # noqa: E402,F401  (run.py serve)
