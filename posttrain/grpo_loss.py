@@ -23,6 +23,12 @@ def group_std(x, g):
   return jnp.std(x.reshape(-1, g), axis=1, ddof=1)
 
 
+def all_equal(rewards, g):
+  """(groups,) bool: every reward of the group is the same (no learning signal)."""
+  grouped = rewards.reshape(-1, g)
+  return jnp.all(grouped == grouped[:, :1], axis=1)
+
+
 def advantages(rewards, g, scale_rewards):
   """(R,) float: r − mean of its group, divided by the group's std (group), the whole
   batch's (batch) or nothing (none), each plus 1e-4. Also (R,) the group std."""

@@ -17,11 +17,13 @@ Built-in verifiers of the embedded tasks, each the report's own definition
 """
 import importlib
 import math
+import re
 
 from configs.errors import UserError
 from evaluation import chat_metrics
 
 NEEDS_REFERENCE = ('exact_match', 'f1')
+_NUMBER = r'[-+]?(\d+\.?\d*|\.\d+)([eE][-+]?\d+)?'
 
 
 def _exact_match(answers):
@@ -55,11 +57,13 @@ def parse(spec):
   for part in [p.strip() for p in str(spec).split(',') if p.strip()]:
     name, weight = part, 1.0
     head, _, tail = part.rpartition(':')
-    if head:
+    # 'module:function' has a colon too: the tail is a weight when it is a number literal
+    # (a function may be named nan or inf), or whenever the head is a built-in's name.
+    if head and (re.fullmatch(_NUMBER, tail) or head in BUILTINS or head == REWARD_MODEL):
       try:
         name, weight = head, float(tail)
       except ValueError:
-        name, weight = part, 1.0
+        raise UserError(f'grpo.rewards: the weight of {head} is "{tail}"; give a number') from None
     if not math.isfinite(weight):
       raise UserError(f'grpo.rewards: the weight of {name} is {weight}; give a finite number')
     if name not in BUILTINS and name != REWARD_MODEL and ':' not in name:

@@ -62,7 +62,7 @@ def make_step(stage, shardings):
     """One batch of prompts → its groups, rewarded (host arrays)."""
     prompt = np.stack([stage_rows[i]['prompt'] for i in index])
     length = np.stack([stage_rows[i]['length'][0] for i in index])
-    prompt_g, length_g = _replicated(mesh, (prompt, length))
+    prompt_g, length_g = _replicated(mesh, (prompt[:, :_width(length, prompt)], length))
     tokens, counts, logp = jax.device_get(rollout(params, frozen, prompt_g, length_g, key))
     out = {'prompt': np.repeat(prompt, g, axis=0), 'length': np.repeat(length, g),
            'tokens': np.asarray(tokens), 'counts': np.asarray(counts),
@@ -88,8 +88,10 @@ def make_step(stage, shardings):
           state['params'], frozen, i, key), keys[0])
     t1 = time.perf_counter()
     step_before = state['step'].copy()
-    batch_in = _replicated(mesh, {k: out[k] for k in ('prompt', 'length', 'tokens', 'counts',
-                                                      'sample_logp', 'per_reward')})
+    batch_in = {k: out[k] for k in ('prompt', 'length', 'tokens', 'counts', 'sample_logp',
+                                     'per_reward')}
+    batch_in['prompt'] = out['prompt'][:, :_width(out['length'], out['prompt'])]
+    batch_in = _replicated(mesh, batch_in)
     params, opt_state, metrics = train(state, frozen, batch_in)
     new_state = {'step': step_before + 1, 'params': params, 'opt_state': opt_state,
                  'extra': {'rng': jax.random.key_data(keys[1])}}
@@ -103,6 +105,13 @@ def make_step(stage, shardings):
                     'sampling/resampled_groups': float(replaced)})
     return new_state, metrics
   return step
+
+
+def _width(lengths, prompt, bucket=16):
+  """The prompt columns a batch needs: its longest prompt rounded up to a multiple of
+  `bucket` (few shapes to compile), not the padded maximum (most prompts are short:
+  the tiny pipeline's prefill and training sequences shrink ~2x)."""
+  return int(min(prompt.shape[1], -(-int(np.max(lengths)) // bucket) * bucket))
 
 
 def _answers(stage, out):
@@ -122,8 +131,7 @@ def _zero_std_groups(stage, per_reward):
   rewards = np.asarray(grpo_loss.aggregate(per_reward, stage.rewards.weights,
                                            stage.num_generations,
                                            stage.config.grpo.reward_aggregation))
-  grouped = rewards.reshape(-1, stage.num_generations)
-  return np.flatnonzero(np.all(grouped == grouped[:, :1], axis=1))
+  return np.flatnonzero(np.asarray(grpo_loss.all_equal(rewards, stage.num_generations)))
 
 
 def _resample(stage, out, generate, key):

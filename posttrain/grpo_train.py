@@ -107,7 +107,8 @@ def train(stage, state, frozen, rollout):
   metrics = {
       'loss': jnp.mean(sums['loss']), 'grad_norm': jnp.mean(sums['grad_norm']),
       'reward': jnp.mean(rewards), 'reward_std': jnp.mean(group_std),
-      'frac_reward_zero_std': jnp.mean((group_std == 0).astype(jnp.float32)),
+      # All G rewards equal (their float std may be ~1e-8, not 0: TRL's isclose).
+      'frac_reward_zero_std': jnp.mean(grpo_loss.all_equal(rewards, g).astype(jnp.float32)),
       'completions/mean_length': jnp.mean(lengths),
       'completions/min_length': jnp.min(lengths), 'completions/max_length': jnp.max(lengths),
       'completions/clipped_ratio': 1.0 - jnp.mean(ended.astype(jnp.float32)),
