@@ -1,11 +1,13 @@
 """`run.py chat`: talk to a model in the terminal (multi-turn, streaming), on the
 same continuous-batching engine as `run.py serve`."""
+import signal
 import sys
 
 from commands import common
 from configs.errors import UserError
 
 READS_WORKDIR_ONLY = True  # a read-only workdir is fine
+ON_STOP = 'the chat ended; start it again to talk (the conversation is not kept)'
 
 CHECKPOINT, STEP = common.checkpoint_flags()
 QUANTIZE = common.define('enum', 'quantize', 'none', ['none', 'int8'],
@@ -27,6 +29,9 @@ def main(config, workdir):
     raise UserError('this tokenizer has no chat tokens; `run.py chat` needs a tokenizer '
                     'trained by `python run.py tokenizer` (use `run.py generate` otherwise)')
   served.engine.start()
+  # Ctrl-C stops the answer being written, not the chat (run.py's handlers make SIGINT
+  # end a command): here it is Python's KeyboardInterrupt again; SIGTERM still ends it.
+  signal.signal(signal.SIGINT, signal.default_int_handler)
   try:
     terminal_chat.TerminalChat(served, temperature=TEMPERATURE(), system=SYSTEM(),
                                seed=SEED(), out=sys.stdout).run()

@@ -8,6 +8,7 @@ from commands import common
 from configs.errors import UserError
 
 READS_WORKDIR_ONLY = True  # a read-only workdir is fine
+ON_STOP = 'the server stopped; start it again to serve'
 
 CHECKPOINT, STEP = common.checkpoint_flags()
 HOST = flags.DEFINE_string('host', '127.0.0.1', 'Address to listen on (0.0.0.0: every '
