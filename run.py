@@ -13,10 +13,19 @@ from absl import logging
 
 from commands import COMMANDS
 from commands import common
+from commands import stopping
 
 
 def main():
   command = sys.argv[1] if len(sys.argv) > 1 else '(none)'
+  stopping.install()  # a signal while the imports run stops as cleanly as one later
+  try:
+    _run(command)
+  except stopping.Stopped as stop:  # before the command's own handling began
+    stopping.exit_stopped(f'{command}: {stop} received before it started; nothing was done')
+
+
+def _run(command):
   if command in ('-h', '--help', 'help'):
     print(f'{__doc__}\nusage: python run.py <command> --help  (the command\'s flags)')
     return

@@ -6,6 +6,7 @@ from absl import flags
 from ml_collections import config_dict
 from ml_collections import config_flags
 
+from commands import stopping
 from configs.errors import UserError
 from configs.validate import validate
 
@@ -159,7 +160,14 @@ def run(module, argv):
       workdir = paths.resolve(WORKDIR.value)
       check_workdir(workdir, writes=not getattr(module, 'READS_WORKDIR_ONLY', False))
     initialize_distributed()
+    stopping.install()
     return module.main(config, workdir)
+  except stopping.Stopped as stop:
+    import jax
+    name = sys.argv[1] if len(sys.argv) > 1 else module.__name__.rsplit('.', 1)[-1]
+    advice = getattr(module, 'ON_STOP', 'run the same command again to do it')
+    stopping.exit_stopped(f'{name}: {stop} received; stopped: {advice}'
+                          if jax.process_index() == 0 else None)
   except UserError as e:
     from engine import storage
     if isinstance(e, storage.StorageError):

@@ -6,8 +6,8 @@ workdir for eval, generate and export. Running the command again continues:
 finished stages are skipped (if their config did not change in a way that
 matters), an interrupted one resumes from its checkpoint.
 """
+import json
 import os
-import signal
 import time
 
 from absl import flags
@@ -15,6 +15,7 @@ from absl import flags
 from commands import common
 from commands import pipeline_record
 from commands import pipeline_stages as stages_lib
+from commands import stopping
 from configs import stages as stage_configs
 from configs import validate as validate_lib
 from configs.errors import ResumeConflict
@@ -26,14 +27,6 @@ STAGES = flags.DEFINE_list('stages', list(stages_lib.ORDER), 'Stages to run, a s
                            f'{",".join(stages_lib.ORDER)} (always run in that order).')
 INIT_FROM = common.define('string', 'init_from', None, 'A pretraining workdir to start the '
                           'post-training stages from instead of WORKDIR/pretrain.')
-
-
-class Stopped(BaseException):
-  """SIGTERM/SIGINT outside a training loop (those stop at a step boundary themselves)."""
-
-
-def _raise_stopped(signum, _):
-  raise Stopped(signal.Signals(signum).name)
 
 
 def _selected():
@@ -98,15 +91,16 @@ class Plan:
     self.configs = {s: stage_configs.for_stage(config, s) for s in stages_lib.ORDER}
     self.record, self.folders = record, folders
     self.digests, self.keys, self.actions = {}, {}, {}
+    needed = _needed(selected)
     for name in stages_lib.ORDER:
-      if name in stages_lib.TRAINED:
+      if name in stages_lib.TRAINED and name in selected:  # another stage's keys never block
         try:
           validate_lib.validate(self.configs[name])
         except UserError as e:
           raise UserError(stage_error(name, config, e)) from None
       self.keys[name] = pipeline_record.shaping_keys(name, self.configs[name])
     for name in stages_lib.ORDER:
-      self.digests[name] = self._decide(name, name in selected)
+      self.digests[name] = self._decide(name, name in selected, name in needed)
 
   def _changed_anywhere(self):
     """The changed keys of every finished stage, not only the first stale one: a new
@@ -115,8 +109,9 @@ class Plan:
     for name in stages_lib.ORDER:
       entry = self.record.stage(name) or {}
       if entry.get('status') == 'done' and entry.get('keys'):
-        old.update(entry['keys'])
-        new.update({k: self.keys[name].get(k) for k in entry['keys']})
+        both = set(entry['keys']) & set(self.keys[name])
+        old.update({k: entry['keys'][k] for k in both})
+        new.update({k: self.keys[name][k] for k in both})
     first = sorted(k for k in old if old[k] != new[k] and k.startswith('model.'))
     rest = sorted(k for k in old if old[k] != new[k] and not k.startswith('model.'))
     return pipeline_record.changed_keys({k: old[k] for k in first + rest},
@@ -126,7 +121,7 @@ class Plan:
   def _upstream_digests(self, name):
     return [self.digests[u] for u in stages_lib.NEEDS[name]]
 
-  def _decide(self, name, selected):
+  def _decide(self, name, selected, needed):
     """Sets self.actions[name] to 'run' or 'skip' (or nothing: not selected, not needed)
     and returns the digest the stage's result has (None: it has none yet)."""
     if name == 'report':
@@ -140,19 +135,23 @@ class Plan:
       return f'external:{folder}:{_latest_checkpoint(folder)}'
     upstream = self._upstream_digests(name)
     missing = [u for u, d in zip(stages_lib.NEEDS[name], upstream) if d is None]
-    digest = None if missing else pipeline_record.digest(self.keys[name], upstream)
     done = entry and entry.get('status') == 'done' and (
         name not in stages_lib.TRAINED or _final_checkpoint(folder, entry.get('step', -1)))
     if done:
-      if entry.get('digest') == digest:
+      if not (selected or needed):  # this run neither trains it nor starts from it
+        return entry.get('digest')
+      old = entry.get('keys', {})
+      changed = pipeline_record.differing(old, self.keys[name])
+      if not changed and pipeline_record.digest(old, upstream) == entry.get('digest'):
         self.actions[name] = 'skip' if selected else None
-        return digest
-      changed = self._changed_anywhere() or pipeline_record.changed_keys(
-          entry.get('keys', {}), self.keys[name])
-      why = (f'with other settings ({changed})' if changed else
+        return entry.get('digest')
+      text = changed and (self._changed_anywhere() or pipeline_record.changed_keys(
+          {k: old[k] for k in changed}, self.keys[name], order=changed))
+      why = (f'with other settings ({text})' if text else
              f'from another {"/".join(stages_lib.NEEDS[name])} result')
       raise UserError(f'{folder} finished {why}; use a new --workdir, or delete {folder} and the '
                       'stages after it to redo them')
+    digest = None if missing else pipeline_record.digest(self.keys[name], upstream)
     if not selected:
       if name in stages_lib.TRAINED and _latest_checkpoint(folder) is not None and not entry:
         return f'external:{folder}:{_latest_checkpoint(folder)}'  # trained by hand
@@ -160,8 +159,65 @@ class Plan:
     if missing:
       raise UserError(f'{name} starts from {"/".join(missing)}, which has not finished in '
                       f'{self.folders[missing[0]]}; add {missing[0]} to --stages')
+    if name in stages_lib.TRAINED:
+      self._check_checkpoints_match(name, folder)
     self.actions[name] = 'run'
     return digest
+
+  def _check_checkpoints_match(self, name, folder):
+    """A folder with checkpoints (the standalone command's, or an interrupted run's) is
+    continued only if they were trained with this run's settings: otherwise the record
+    would name settings the model was not trained with."""
+    if _latest_checkpoint(folder) is None:
+      return
+    try:
+      there = json.loads(paths.read_text(os.path.join(folder, 'config.json')))
+    except (OSError, ValueError):
+      raise UserError(f'{folder} holds checkpoints but no readable config.json, so what trained '
+                      f'them is unknown; use a new --workdir, or delete {folder} to train {name} '
+                      'here') from None
+    theirs = pipeline_record.shaping_keys(name, there)
+    changed = pipeline_record.differing(theirs, self.keys[name])
+    if changed:
+      raise UserError(f'{folder} holds checkpoints trained with other settings '
+                      f'({pipeline_record.changed_keys(theirs, self.keys[name], order=changed)}); '
+                      f'use a new --workdir, or delete {folder} to train {name} here')
+
+
+def _needed(selected):
+  """The stages the selected ones start from, transitively (their results must be current)."""
+  needed, todo = set(), list(selected)
+  while todo:
+    for upstream in stages_lib.NEEDS[todo.pop()]:
+      if upstream not in needed:
+        needed.add(upstream)
+        todo.append(upstream)
+  return needed
+
+
+def _run_stage(name, stage_config, workdir, folders, record, before):
+  """Runs one stage and keeps the record truthful when it fails: a user's mistake found
+  before any work leaves the record as it was; any later failure marks the stage failed."""
+  ready = []
+
+  def on_ready(then=common.on_ready(stage_config, folders[name])):
+    ready.append(True)
+    then()
+  try:
+    return stages_lib.run(name, stage_config, workdir, folders, on_ready)
+  except ResumeConflict as e:  # its fix names --noresume, which pipeline does not take
+    record.restore(before)
+    raise UserError(f'{name}: {e.problem}; delete {folders[name]} (and the stages after '
+                    f'it) to train {name} again, or use a new --workdir') from None
+  except UserError as e:
+    if ready:
+      record.update(name, status='failed', error=common.one_line(e, 300))
+    else:
+      record.restore(before)
+    raise
+  except Exception as e:
+    record.update(name, status='failed', error=common.one_line(f'{type(e).__name__}: {e}', 300))
+    raise
 
 
 def _clock(seconds):
@@ -175,10 +231,9 @@ def main(config, workdir):
   folders = _folders(workdir)
   record = pipeline_record.Record(workdir, writer=primary)
   plan = Plan(config, workdir, record, selected, folders)
-  if primary:
-    paths.makedirs(workdir)
-    record.data.update(commit=pipeline_record.commit(), config=config.to_dict())
-    record.save()
+  # The record is written when the first stage starts: a run that does nothing leaves it as
+  # it was (and a failed start leaves no empty workdir behind).
+  header = dict(commit=pipeline_record.commit(), config=config.to_dict())
   if not config.train.peak_tflops and any(plan.actions.get(s) == 'run' for s in stages_lib.TRAINED):
     # One MFU denominator for every stage: a peak measured at each stage's start moves
     # with the machine's load and makes the stages' MFU incomparable.
@@ -188,8 +243,7 @@ def main(config, workdir):
       stage_config.train.peak_tflops = peak_tflops
   say = (lambda line: print(f'pipeline: {line}', flush=True)) if primary else (lambda _: None)
   current = {'stage': None, 'start': time.time()}
-  signal.signal(signal.SIGTERM, _raise_stopped)
-  signal.signal(signal.SIGINT, _raise_stopped)
+  stopping.install()  # outside a training loop (those stop at a step boundary themselves)
   try:
     for name in stages_lib.ORDER:
       action = plan.actions.get(name)
@@ -201,15 +255,11 @@ def main(config, workdir):
         continue
       current.update(stage=name, start=time.time())
       stage_config = plan.configs[name]
+      before = record.snapshot()
+      record.data.update(header)
       record.update(name, status='running', folder=folders[name])
-      try:
-        result = stages_lib.run(name, stage_config, workdir, folders,
-                                common.on_ready(stage_config, folders[name]))
-      except ResumeConflict as e:  # its fix names --noresume, which pipeline does not take
-        raise UserError(f'{name}: {e.problem}; delete {folders[name]} (and the stages after '
-                        f'it) to train {name} again, or use a new --workdir') from None
-      signal.signal(signal.SIGTERM, _raise_stopped)  # a trainer leaves its own handlers
-      signal.signal(signal.SIGINT, _raise_stopped)
+      result = _run_stage(name, stage_config, workdir, folders, record, before)
+      stopping.install()  # a trainer leaves its own handlers
       wall = time.time() - current['start'] + (record.stage(name).get('wall_s') or 0.0)
       numbers = stages_lib.summary(name, result)
       finished = name not in stages_lib.TRAINED or result['step'] >= stage_config.train.steps
@@ -221,14 +271,14 @@ def main(config, workdir):
       record.update(name, status='done', step=result.get('step'), wall_s=wall, summary=numbers,
                     digest=plan.digests[name], keys=plan.keys[name])
       say(f'{name} done in {_clock(wall)}: {stages_lib.describe(name, numbers)}')
-  except Stopped as stop:
+  except stopping.Stopped as stop:
     name, where = current['stage'], ''
     if name:
       wall = time.time() - current['start'] + ((record.stage(name) or {}).get('wall_s') or 0.0)
       step = _latest_checkpoint(folders[name]) if name in stages_lib.TRAINED else None
       record.update(name, status='stopped', step=step, wall_s=wall)
       where = f' in {name}' + (f' (last checkpoint: step {step})' if step is not None else '')
-    say(f'{stop} received{where}; nothing is lost: run the same command again to continue')
-    return
+    stopping.exit_stopped(f'pipeline: {stop} received{where}; nothing is lost: run the same '
+                          'command again to continue' if primary else None)
   total = sum((record.stage(s) or {}).get('wall_s') or 0.0 for s in selected)
   say(f'{",".join(selected)}: done ({_clock(total)} of stage time in all)')

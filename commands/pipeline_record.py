@@ -7,6 +7,7 @@ Keys that only change logging, evaluation cadence, checkpointing, the mesh or th
 microbatches (the same update up to summation order, as across meshes) never count:
 a resumed run may change them.
 """
+import copy
 import hashlib
 import json
 import os
@@ -43,9 +44,25 @@ def _flat(tree, prefix=''):
 
 def shaping_keys(stage, stage_config):
   """The dotted keys and values of `stage_config` that shape `stage`'s result."""
-  tree = json.loads(stage_config.to_json())
-  keys = _flat({s: tree[s] for s in SECTIONS.get(stage, ())})
-  return {k: v for k, v in keys.items() if k not in IGNORED}
+  tree = stage_config if isinstance(stage_config, dict) else json.loads(stage_config.to_json())
+  keys = _flat({s: tree[s] for s in SECTIONS.get(stage, ()) if s in tree})
+  return {k: v for k, v in keys.items() if k not in IGNORED and not _unread(stage, k, keys)}
+
+
+def _unread(stage, key, keys):
+  """Keys the stage's method never reads: the adapters' shape under full fine-tuning, the
+  soft prompt's unless SFT tunes one (changing them changes nothing)."""
+  if key.startswith('sft.lora_'):
+    return keys.get(f'{stage}.method', keys.get('sft.method')) != 'lora'
+  if key in ('sft.num_virtual_tokens', 'sft.prompt_reparam_hidden'):
+    return keys.get('sft.method') != 'prompt'
+  return False
+
+
+def differing(old, new):
+  """The keys both records have whose values differ: keys the code added or stopped
+  counting since `old` was written are not a change the user made."""
+  return sorted(k for k in set(old) & set(new) if old[k] != new[k])
 
 
 def digest(keys, upstream_digests):
@@ -71,6 +88,7 @@ class Record:
 
   def __init__(self, workdir, writer=True):
     self.path = os.path.join(workdir, FILE)
+    self.workdir_existed = paths.exists(workdir)
     self.writer = writer
     self.data = {'stages': {}}
     if paths.exists(self.path):
@@ -86,7 +104,31 @@ class Record:
 
   def update(self, name, **fields):
     entry = self.data['stages'].setdefault(name, {})
+    if fields.get('status') not in (None, 'failed'):
+      entry.pop('error', None)  # an earlier failure's message no longer describes the stage
     entry.update(fields)
+    self.save()
+
+  def snapshot(self):
+    """What restore() goes back to: the file as it is now (None: there is none)."""
+    return copy.deepcopy(self.data) if paths.exists(self.path) else None
+
+  def restore(self, snapshot):
+    """A stage that stopped on a user's mistake before any work leaves no trace."""
+    if not self.writer:
+      return
+    if snapshot is None:
+      self.data = {'stages': {}}
+      if paths.exists(self.path):
+        paths.remove(self.path)
+      folder = os.path.dirname(self.path)
+      if not self.workdir_existed and not paths.is_remote(folder):
+        try:
+          os.rmdir(folder)  # only if empty: the record made it, nothing else is in it
+        except OSError:
+          pass
+      return
+    self.data = snapshot
     self.save()
 
   def save(self):

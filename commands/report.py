@@ -5,6 +5,9 @@ import sys
 
 from commands import common
 
+ON_STOP = ('the evaluations finished so far are cached in report/cache/; run the same '
+           'command again to finish the report')
+
 
 def main(config, workdir):
   import jax

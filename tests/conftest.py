@@ -43,3 +43,11 @@ def tiny_tokenizer(tiny_workdir):
 
 from tests.gcs_helpers import gcs  # noqa: E402,F401  (the gs:// emulator fixture)
 from tests.serve_helpers import served_workdir, serve_url  # noqa: E402,F401  (run.py serve)
+
+
+@pytest.fixture(scope='session')
+def finished(tmp_path_factory):
+  """The cut-down pipeline, stopped once in SFT and run again to the end (several test
+  modules read it; none changes it)."""
+  from tests.pipeline_helpers import run_finished_pipeline
+  return run_finished_pipeline(tmp_path_factory)

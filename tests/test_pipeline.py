@@ -3,66 +3,27 @@ SIGTERM during SFT and a re-run that finishes without redoing pretraining, the r
 card's files, and the checks that refuse a changed config before any work."""
 import json
 import re
-import signal
-import subprocess
-import time
 
 import pytest
 
-from tests.cli_helpers import run_cli, start_cli, tree_hashes
+from tests.cli_helpers import run_cli, tree_hashes
+from tests.pipeline_helpers import CUT_DOWN, TRAINED, pipeline_lines
 
 pytestmark = pytest.mark.slow
-
-CUT_DOWN = [
-    '--config=configs/tiny.py',
-    '--config.train.steps=30', '--config.train.eval_every=15', '--config.train.eval_batches=2',
-    '--config.pipeline.sft.train.steps=40', '--config.pipeline.sft.checkpoint.save_every_steps=4',
-    '--config.pipeline.sft.train.eval_every=20', '--config.pipeline.sft.train.eval_batches=2',
-    '--config.pipeline.reward.train.steps=10', '--config.pipeline.reward.train.eval_batches=2',
-    '--config.pipeline.dpo.train.steps=8', '--config.pipeline.dpo.train.eval_batches=2',
-    '--config.pipeline.ppo.train.steps=3', '--config.pipeline.ppo.train.batch_size=8',
-    '--config.ppo.minibatches=2', '--config.sft.eval_prompts=8', '--config.report.eval_prompts=8',
-]
-TRAINED = {'pretrain': 30, 'sft': 40, 'reward': 10, 'ppo': 3, 'dpo': 8}
-
-
-def _lines(text):
-  return [l for l in text.replace('\r', '\n').splitlines() if l.startswith('pipeline: ')]
-
-
-@pytest.fixture(scope='module')
-def finished(tmp_path_factory):
-  """Runs the pipeline, stops it with SIGTERM once SFT has saved a checkpoint, and runs
-  it again to the end. Returns (workdir, first run's output, second run's output,
-  pretrain's files after the first run)."""
-  workdir = tmp_path_factory.mktemp('pipeline') / 'run'
-  first = start_cli('pipeline', *CUT_DOWN, f'--workdir={workdir}', stdout=subprocess.PIPE,
-                    stderr=subprocess.STDOUT, text=True)
-  saved = workdir / 'sft' / 'checkpoints' / '4'
-  deadline = time.time() + 600
-  while not saved.is_dir() and first.poll() is None and time.time() < deadline:
-    time.sleep(0.2)
-  first.send_signal(signal.SIGTERM)
-  out1, _ = first.communicate(timeout=300)
-  assert first.returncode == 0, out1[-3000:]
-  pretrain_files = tree_hashes(workdir / 'pretrain')
-  second = run_cli('pipeline', *CUT_DOWN, f'--workdir={workdir}', timeout=1200)
-  assert second.returncode == 0, (second.stdout + second.stderr)[-3000:]
-  return workdir, out1, second.stdout + second.stderr, pretrain_files
 
 
 def test_sigterm_during_sft_stops_with_a_line_naming_the_stage_and_step(finished):
   workdir, out1, _, _ = finished
-  stopped = [l for l in _lines(out1) if 'stopped in sft' in l or 'received in sft' in l]
-  assert len(stopped) == 1, _lines(out1)
+  stopped = [l for l in pipeline_lines(out1) if 'stopped in sft' in l or 'received in sft' in l]
+  assert len(stopped) == 1, pipeline_lines(out1)
   step = int(re.search(r'step (\d+)', stopped[0]).group(1))
   assert 4 <= step < TRAINED['sft']
-  assert 'pipeline: pretrain done' in out1 and 'reward' not in ''.join(_lines(out1))
+  assert 'pipeline: pretrain done' in out1 and 'reward' not in ''.join(pipeline_lines(out1))
 
 
 def test_the_rerun_skips_finished_stages_and_resumes_sft(finished):
   workdir, _, out2, pretrain_files = finished
-  lines = _lines(out2)
+  lines = pipeline_lines(out2)
   assert any(l.startswith('pipeline: pretrain already done') for l in lines), lines
   assert not re.search(r'^pretrain: step', out2, re.M)  # no pretraining this time
   assert tree_hashes(workdir / 'pretrain') == pretrain_files  # not a byte of it rewritten
@@ -165,7 +126,7 @@ def test_pretrain_alone_brings_its_tokenizer_and_dataset(tmp_path):
   result = run_cli('pipeline', '--config=configs/tiny.py', f'--workdir={workdir}',
                    '--stages=pretrain', '--config.train.steps=4', '--config.train.eval_batches=1')
   assert result.returncode == 0, result.stderr[-2000:]
-  lines = _lines(result.stdout)
+  lines = pipeline_lines(result.stdout)
   assert [l.split(' done')[0] for l in lines[:3]] == [
       'pipeline: tokenizer', 'pipeline: prepare', 'pipeline: pretrain'], lines
   assert (workdir / 'pretrain' / 'checkpoints' / '4').is_dir()

@@ -1,0 +1,42 @@
+"""SIGTERM/SIGINT outside a training loop: one line and exit 0, at any moment.
+
+A training loop stops at a step boundary by itself (engine/trainer.py installs
+its own handlers). Everywhere else (evaluation, the report's plots, export) the
+signal raises `Stopped` in the main thread; the command unwinds (locks released,
+temp files removed by their `finally`), prints its one line and leaves with
+os._exit(0): a normal interpreter exit while XLA's or matplotlib's threads are
+still busy can end in a segmentation fault (exit 139) after the clean line.
+"""
+import os
+import signal
+import sys
+
+
+class Stopped(BaseException):
+  """Raised by the handlers below; BaseException so `except Exception` lets it pass."""
+
+
+def _raise_stopped(signum, _):
+  raise Stopped(signal.Signals(signum).name)
+
+
+def install():
+  """(Re)installs the handlers; call again after a trainer replaced them."""
+  for sig in (signal.SIGTERM, signal.SIGINT):
+    signal.signal(sig, _raise_stopped)
+
+
+def ignore():
+  """While the final line is written and the process leaves: a second signal waits."""
+  for sig in (signal.SIGTERM, signal.SIGINT):
+    signal.signal(sig, signal.SIG_IGN)
+
+
+def exit_stopped(line):
+  """Prints `line` (None: nothing, e.g. not process 0) and exits 0 at once."""
+  ignore()
+  if line:
+    print(line, flush=True)
+  sys.stdout.flush()
+  sys.stderr.flush()
+  os._exit(0)
