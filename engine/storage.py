@@ -236,8 +236,16 @@ def install_quiet_hooks():
   def closed_loop(exc):
     return isinstance(exc, RuntimeError) and 'Event loop is closed' in str(exc)
 
+  def abandoned_read(unraisable):
+    """A restore that failed on one array leaves its sibling reads' coroutines unawaited;
+    their collection prints 'Exception ignored in: <coroutine ...>' once per array, after
+    the fallback's one warning line already said what happened."""
+    code = getattr(unraisable.object, 'cr_code', None)
+    return code is not None and any(lib in code.co_filename for lib in ('/orbax/', 'tensorstore'))
+
   sys.excepthook = lambda t, e, tb: None if closed_loop(e) else default_excepthook(t, e, tb)
-  sys.unraisablehook = lambda u: None if closed_loop(u.exc_value) else default_unraisable(u)
+  sys.unraisablehook = lambda u: None if closed_loop(u.exc_value) or abandoned_read(u) \
+      else default_unraisable(u)
   default_thread_hook = threading.excepthook
   threading.excepthook = lambda a: None if closed_loop(a.exc_value) else default_thread_hook(a)
 

@@ -161,8 +161,7 @@ class Trainer:
     for step in steps:  # newest first; an unreadable one falls back to the one before
       try:
         restored = self._restore(step)
-      except integrity.DamagedCheckpoint as e:
-        logging.warning('checkpoint %d: %s', step, e)
+      except integrity.DamagedCheckpoint:
         self._say(f'warning: checkpoint {step} is damaged (its arrays differ from the '
                   f'fingerprints saved with it); set aside as '
                   f'{self._set_aside(step, "damaged")}; trying the previous one')
@@ -170,9 +169,8 @@ class Trainer:
       except UserError:
         raise
       except Exception as e:  # Orbax/TensorStore raise many types for damaged files
-        logging.warning('checkpoint %d is unreadable (%s); trying the previous one', step,
-                        str(e).splitlines()[0][:200])
-        self._say(f'warning: checkpoint {step} is unreadable; set aside as '
+        cause = ' '.join(str(e).split())[:160]  # the one line says why, no log record repeats it
+        self._say(f'warning: checkpoint {step} is unreadable ({cause}); set aside as '
                   f'{self._set_aside(step, "unreadable")}; trying the previous one')
         continue
       self._say(f'resumed from step {step} in {self.workdir}/checkpoints')
