@@ -9,25 +9,17 @@ import re
 from etils import epath
 
 from configs.errors import UserError
+from engine import paths as storage_paths
 
 _GLOB_MAGIC = re.compile(r'[*?[]')
 
 
 def _walk(directory):
   """Every file under a folder, sorted, hidden ones (.DS_Store, .git/, Spark's .crc)
-  left out. By walk, not glob('**'): gs:// has no '**'."""
-  root = str(directory)
-  found = []
-  for top, folders, names in directory.walk():
-    folders[:] = [f for f in folders if not f.startswith('.')]
-    top = str(top)
-    if root.startswith('gs://') and not top.startswith('gs://'):
-      top = 'gs://' + top.lstrip('/')  # epath's walk on gs:// drops the scheme
-    for name in names:
-      path = str(epath.Path(top) / name)
-      if not any(part.startswith('.') for part in path[len(root):].split('/')):
-        found.append(path)
-  return sorted(found)
+  left out."""
+  root = str(directory).rstrip('/')
+  return [path for path in storage_paths.walk_files(root)
+          if not any(part.startswith('.') for part in path[len(root):].split('/'))]
 
 
 def _glob_parts(pattern):

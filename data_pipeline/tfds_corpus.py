@@ -119,23 +119,6 @@ def _missing_ancestor(path):
   return top
 
 
-def _upload(local_dir, target):
-  """Copies the finished files to gs://, removing those already copied if one fails."""
-  target, done = epath.Path(target), []
-  try:
-    for name in sorted(os.listdir(local_dir)):
-      with open(os.path.join(local_dir, name), 'rb') as src, (target / name).open('wb') as dst:
-        shutil.copyfileobj(src, dst, 16 << 20)
-      done.append(target / name)
-  except BaseException:
-    for path in done:
-      try:
-        path.unlink()
-      except Exception:  # pylint: disable=broad-except  (the store may be what failed)
-        pass
-    raise
-
-
 def _local_build_dir(data_dir):
   """A fresh folder beside the final one (same disk: moved in by one rename); folders
   left by a killed prepare are removed first."""
@@ -171,7 +154,7 @@ def prepare(config, workdir):
   try:
     counts = _build(build_dir, manifest, config.data)
     if remote:
-      _upload(build_dir, version_dir)
+      paths.upload_tree(build_dir, version_dir)
     else:
       if os.path.exists(version_dir):  # a build without manifest: unfinished or foreign
         shutil.rmtree(version_dir)

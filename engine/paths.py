@@ -164,17 +164,28 @@ def folder_bytes(path):
 
 
 def upload_tree(local_dir, target):
-  """Copies a finished local folder to `target` (local or gs://), file by file."""
-  for top, _, names in os.walk(local_dir):
-    rel = os.path.relpath(top, local_dir)
-    for name in names:
-      dest = os.path.join(target, name) if rel == '.' else os.path.join(target, rel, name)
-      if is_remote(dest):  # streamed: shards are up to data.prepare_shard_mb each
-        with open(os.path.join(top, name), 'rb') as src, epath.Path(dest).open('wb') as dst:
-          shutil.copyfileobj(src, dst, 16 << 20)
-      else:
-        os.makedirs(os.path.dirname(dest), exist_ok=True)
-        shutil.copyfile(os.path.join(top, name), dest)
+  """Copies a finished local folder to `target` (local or gs://), file by file; if one
+  copy fails, the files already copied are removed (no half folder is left to be read)."""
+  done = []
+  try:
+    for top, _, names in os.walk(local_dir):
+      rel = os.path.relpath(top, local_dir)
+      for name in sorted(names):
+        dest = os.path.join(target, name) if rel == '.' else os.path.join(target, rel, name)
+        if is_remote(dest):  # streamed: shards are up to data.prepare_shard_mb each
+          with open(os.path.join(top, name), 'rb') as src, epath.Path(dest).open('wb') as dst:
+            shutil.copyfileobj(src, dst, 16 << 20)
+        else:
+          os.makedirs(os.path.dirname(dest), exist_ok=True)
+          shutil.copyfile(os.path.join(top, name), dest)
+        done.append(dest)
+  except BaseException:
+    for dest in done:
+      try:
+        remove(dest)
+      except Exception:  # pylint: disable=broad-except  (the store may be what failed)
+        pass
+    raise
 
 
 def download_tree(source, local_dir):

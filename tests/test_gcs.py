@@ -57,6 +57,37 @@ def test_paths_accept_local_and_gs_and_name_the_fix_for_other_schemes():
       paths.resolve(bad)
 
 
+def test_upload_tree_copies_a_folder_or_leaves_nothing_of_it(gcs, tmp_path):
+  from engine import paths
+  source = tmp_path / 'built'
+  (source / 'sub').mkdir(parents=True)
+  for name, text in (('a.json', 'A'), ('b.bin', 'B' * 100), ('sub/c.txt', 'C')):
+    (source / name).write_text(text)
+  remote = f'{gcs.create_bucket("uploads")}/dataset'
+  paths.upload_tree(str(source), remote)
+  assert sorted(p[len(remote) + 1:] for p in paths.walk_files(remote)) == [
+      'a.json', 'b.bin', 'sub/c.txt']
+  assert paths.read_text(f'{remote}/sub/c.txt') == 'C'
+  # A copy that fails half way (here: the target's sub/ is a file) removes what it copied.
+  target = tmp_path / 'target'
+  target.mkdir()
+  (target / 'sub').write_text('in the way')
+  with pytest.raises(OSError):
+    paths.upload_tree(str(source), str(target))
+  assert sorted(os.listdir(target)) == ['sub']
+
+
+def test_corpus_folders_and_globs_on_gs_list_the_files_a_local_disk_would(gcs):
+  from data_pipeline.corpus_paths import expand_paths
+  from engine import paths
+  root = f'{gcs.create_bucket("corpora")}/web'
+  for name in ('a.jsonl', 'sub/b.jsonl', 'sub/c.txt', '.DS_Store', '.cache/d.jsonl'):
+    paths.write_atomic(f'{root}/{name}', '{"text": "x"}\n')
+  assert expand_paths([root]) == [f'{root}/a.jsonl', f'{root}/sub/b.jsonl', f'{root}/sub/c.txt']
+  assert expand_paths([f'{root}/*.jsonl']) == [f'{root}/a.jsonl']
+  assert expand_paths([f'{root}/s*']) == [f'{root}/sub/b.jsonl', f'{root}/sub/c.txt']
+
+
 @pytest.fixture(scope='module')
 def local_and_remote(gcs, tmp_path_factory):
   """The same 12 tiny steps in a local workdir and in gs://; the remote one run from an
