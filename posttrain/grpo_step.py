@@ -65,8 +65,8 @@ def make_step(stage, shardings):
     prompt_g, length_g = _replicated(mesh, (prompt[:, :_width(length, prompt)], length))
     tokens, counts, logp = jax.device_get(rollout(params, frozen, prompt_g, length_g, key))
     out = {'prompt': np.repeat(prompt, g, axis=0), 'length': np.repeat(length, g),
-           'tokens': np.asarray(tokens), 'counts': np.asarray(counts),
-           'sample_logp': np.asarray(logp), 'index': np.repeat(index, g)}
+           'tokens': np.array(tokens), 'counts': np.array(counts),  # writable (resampling)
+           'sample_logp': np.array(logp), 'index': np.repeat(index, g)}
     rm = None
     if stage.rewards.uses_reward_model:
       rm = jax.device_get(score_rm(frozen, *_replicated(mesh, (
