@@ -12,7 +12,6 @@ that fails stops training at once with one line (engine/storage.py).
 """
 import math
 import os
-import signal
 import sys
 import time
 
@@ -33,78 +32,11 @@ from engine import storage
 from engine import train_state
 from engine import train_step
 from engine.metrics import MetricsWriter
+from engine.stage import Stage  # noqa: F401  (stages import it from here too)
+from engine.stage import eval_at  # noqa: F401
+from engine.stop_agreement import StopRequest
+from engine.stop_agreement import agree
 from engine.workdir_lock import workdir_lock
-
-
-class Stage:
-  """What a stage gives the loop (attributes and methods; subclass or duck-type).
-
-  name: the command's name, for messages. config, workdir, mesh, tokenizer.
-  tx, schedule: optax transformation and its learning-rate schedule.
-  param_shardings: shardings of the trainable params tree.
-  init_params(key): the trainable params at step 0 (traceable: also gives shapes).
-  start_params(): concrete step-0 params instead of init_params (fine-tuning), or None.
-  frozen, frozen_shardings: what the loss reads but never trains ({} when none).
-  loss_sums(params, frozen, batch): (objective sum, {'loss': sum, 'count': n, ...}).
-  data_iter: local batches; get_state()/set_state() of its shards.
-  evaluate(params): dict of eval metrics (every process calls it), or None.
-  meta: checkpoint metadata; check_compatible(meta) raises UserError on a mismatch.
-  flops_per_token, tokens_per_step: for MFU.
-  """
-  frozen, frozen_shardings = {}, {}
-  extra = None  # the stage's own state beside params/optimizer (dict of arrays), or None
-  make_step_fn = None  # (shardings) -> step(state, frozen, batch) replacing make_step's
-  loss_is_nll = True  # the loss is a token NLL (so perplexity = exp(loss) is logged)
-
-  def start_params(self):
-    return None
-
-  def evaluate(self, params):
-    return None
-
-
-def eval_at(result):
-  """' (evaluated at step N)' when a run stopped early and its last evaluation is older."""
-  if result.get('eval_step') is None or result['eval_step'] == result['step']:
-    return ''
-  return f' (evaluated at step {result["eval_step"]})'
-
-
-class StopRequest:
-  """Turns SIGTERM/SIGINT into a flag the loop checks between steps."""
-
-  def __init__(self):
-    self.signal = None
-    for sig in (signal.SIGTERM, signal.SIGINT):
-      signal.signal(sig, self._handle)
-
-  def _handle(self, signum, _):
-    self.signal = signal.Signals(signum).name
-
-
-def agree(local_signal, local_due_by_time, local_failure=None):
-  """(signal, due_by_time) as every process will act on them.
-
-  One allgather per step when there are several processes: a signal or a
-  clock-based save seen by one process is acted on by all at the same step, so
-  no process enters a collective save (or leaves the loop) alone. A failed
-  checkpoint write (`local_failure`, an exception) seen by any process is raised
-  by all of them at this step.
-  """
-  if jax.process_count() == 1:
-    if local_failure is not None:
-      raise local_failure
-    return local_signal, local_due_by_time
-  flags = multihost_utils.process_allgather(
-      np.asarray([int(local_signal is not None), int(bool(local_due_by_time)),
-                  int(local_failure is not None)]))
-  flags = np.asarray(flags).reshape(-1, 3)
-  if flags[:, 2].any():
-    raise local_failure or storage.StorageError(
-        'a checkpoint save failed on another process (its error line names the path and the '
-        'cause); training stopped; the checkpoints before it are intact')
-  signal_name = (local_signal or 'SIGTERM (on another process)') if flags[:, 0].any() else None
-  return signal_name, bool(flags[:, 1].any())
 
 
 class Trainer:

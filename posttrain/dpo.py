@@ -19,8 +19,8 @@ from engine import checkpointing
 from engine import flops
 from engine import optimizer
 from engine.train_step import with_mesh
-from engine.trainer import Stage
-from engine.trainer import eval_at
+from engine.stage import Stage
+from engine.stage import eval_at
 from evaluation import pair_scores
 from posttrain.run_stage import run_stage
 from posttrain.trainable import Trainable

@@ -31,7 +31,7 @@ from engine import optimizer
 from engine import restore_reward
 from engine import paths
 from engine.train_step import with_mesh
-from engine.trainer import Stage
+from engine.stage import Stage
 from evaluation import chat_metrics
 from model import decode
 from model import scalar_head

@@ -28,7 +28,7 @@ from engine import lm_loss
 from engine import optimizer
 from engine import train_step
 from engine import paths
-from engine.trainer import Stage
+from engine.stage import Stage
 from evaluation import chat_loss
 from evaluation import lm_validation
 from model import soft_prompt

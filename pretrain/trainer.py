@@ -18,7 +18,7 @@ from engine import mesh as mesh_lib
 from engine import optimizer
 from engine import train_state
 from engine import train_step
-from engine.trainer import Stage
+from engine.stage import Stage
 from engine.trainer import Trainer
 from evaluation import lm_validation
 
