@@ -13,6 +13,7 @@ COMMANDS = {
     'reward': 'commands.reward',
     'ppo': 'commands.ppo',
     'dpo': 'commands.dpo',
+    'grpo': 'commands.grpo',
     'export': 'commands.export',
     'import': 'commands.hf_import',
     'pipeline': 'commands.pipeline',

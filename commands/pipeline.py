@@ -1,7 +1,7 @@
 """`run.py pipeline`: raw text to an aligned chat model in one command.
 
-tokenizer → prepare → pretrain → sft → reward → ppo, and dpo from the same SFT
-model, then the report card; each training stage in WORKDIR/<stage>/, a normal
+tokenizer → prepare → pretrain → sft → reward → ppo, and dpo and grpo from the same
+SFT model, then the report card; each training stage in WORKDIR/<stage>/, a normal
 workdir for eval, generate and export. Running the command again continues:
 finished stages are skipped (if their config did not change in a way that
 matters), an interrupted one resumes from its checkpoint.

@@ -26,6 +26,7 @@ SECTIONS = {
     'reward': ('seed', 'data', 'train', 'sft', 'reward'),
     'dpo': ('seed', 'data', 'train', 'sft', 'dpo'),
     'ppo': ('seed', 'data', 'train', 'sft', 'ppo'),
+    'grpo': ('seed', 'data', 'train', 'sft', 'grpo'),
 }
 IGNORED = ('train.log_every', 'train.eval_every', 'train.eval_batches', 'train.stop_after',
            'train.peak_tflops', 'train.microbatches', 'data.num_threads', 'data.prefetch',

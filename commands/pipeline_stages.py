@@ -2,13 +2,14 @@
 and the number its one line reports. Each is the same call as its own command."""
 import os
 
-ORDER = ('tokenizer', 'prepare', 'pretrain', 'sft', 'reward', 'ppo', 'dpo', 'report')
+ORDER = ('tokenizer', 'prepare', 'pretrain', 'sft', 'reward', 'ppo', 'dpo', 'grpo', 'report')
 FOLDER = {'tokenizer': 'pretrain', 'prepare': 'pretrain', 'pretrain': 'pretrain', 'sft': 'sft',
-          'reward': 'reward', 'ppo': 'ppo', 'dpo': 'dpo', 'report': 'report'}
+          'reward': 'reward', 'ppo': 'ppo', 'dpo': 'dpo', 'grpo': 'grpo', 'report': 'report'}
 # The finished stages each one starts from (the report reads whatever exists).
 NEEDS = {'tokenizer': (), 'prepare': ('tokenizer',), 'pretrain': ('prepare',), 'sft': ('pretrain',),
-         'reward': ('sft',), 'ppo': ('sft', 'reward'), 'dpo': ('sft',), 'report': ()}
-TRAINED = ('pretrain', 'sft', 'reward', 'ppo', 'dpo')
+         'reward': ('sft',), 'ppo': ('sft', 'reward'), 'dpo': ('sft',), 'grpo': ('sft',),
+         'report': ()}
+TRAINED = ('pretrain', 'sft', 'reward', 'ppo', 'dpo', 'grpo')
 
 
 def run(name, config, workdir, folders, on_ready):
@@ -42,6 +43,10 @@ def run(name, config, workdir, folders, on_ready):
     result = ppo_run.run_ppo(config, here, folders['sft'], folders['reward'], resume=True,
                              on_ready=on_ready)
     return {**_last_logged(here, ('objective/scores', 'objective/kl')), **result}
+  if name == 'grpo':  # the default rewards are verifiers: no reward model needed
+    from posttrain import grpo_run
+    result = grpo_run.run_grpo(config, here, folders['sft'], resume=True, on_ready=on_ready)
+    return {**_last_logged(here, ('reward', 'frac_reward_zero_std')), **result}
   if name == 'report':
     from evaluation import report
     built = report.build_report(workdir, config)
@@ -70,6 +75,7 @@ def summary(name, result):
       'reward': ('eval_accuracy',),
       'dpo': ('eval_accuracy', 'eval_margin'),
       'ppo': ('objective/scores', 'objective/kl'),
+      'grpo': ('reward', 'frac_reward_zero_std'),
       'report': ('index', 'bits_per_byte', 'xz_bits_per_byte'),
   }.get(name, ())
   out = {k: result[k] for k in pick if k in result}
@@ -95,6 +101,9 @@ def describe(name, numbers):
   if name == 'ppo' and 'objective/scores' in n:
     return (f'iteration {n["step"]}, reward-model score {n["objective/scores"]:.3f}, '
             f'KL {n.get("objective/kl", float("nan")):.3f}')
+  if name == 'grpo' and 'reward' in n:
+    return (f'step {n["step"]}, reward {n["reward"]:.3f}, groups without signal '
+            f'{n.get("frac_reward_zero_std", float("nan")):.2f}')
   if name == 'report' and n.get('bits_per_byte') and n.get('xz_bits_per_byte'):
     verdict = 'beats' if n['bits_per_byte'] < n['xz_bits_per_byte'] else 'does not beat'
     return (f'{n["index"]}; the pretrained model\'s {n["bits_per_byte"]:.3f} bits/byte '

@@ -146,6 +146,25 @@ def get_config():
   ppo.repeat_penalty = 0.0  # subtracted from the score of an answer with a repeated 4-gram
   ppo.wrong_language_penalty = 0.0  # subtracted when the answer's language is not the prompt's
 
+  # GRPO with verifiable rewards; names and defaults follow TRL's GRPOConfig (noted where not).
+  config.grpo = grpo = ml_collections.ConfigDict()
+  grpo.method = 'full'  # policy: 'full' or 'lora' (sft.lora_* settings; reference = base)
+  grpo.rewards = 'f1:1,end_of_turn:0.2'  # name:weight,...: built-ins, reward_model, module:function
+  grpo.reward_aggregation = 'sum_then_normalize'  # or 'normalize_then_sum' (TRL multi_objective_aggregation)
+  grpo.num_generations = 8  # G answers per prompt; must divide train.batch_size (answers per step)
+  grpo.temperature = 1.0  # rollout temperature; log-probs use logits / it (TRL)
+  grpo.top_p = 1.0  # rollout nucleus sampling; 1 = off (log-probs ignore the cut)
+  grpo.max_completion_length = 32  # longest sampled answer; prompts get data.seq_len minus this
+  grpo.scale_rewards = 'group'  # advantage divided by the group's std, the batch's, or 'none' (Dr. GRPO)
+  grpo.loss_type = 'dapo'  # 'grpo', 'dr_grpo', 'dapo' or 'bnpo' (TRL's default is dapo)
+  grpo.epsilon = 0.2  # lower ratio clip (TRL epsilon)
+  grpo.epsilon_high = 0.0  # upper ratio clip (DAPO clip-higher, e.g. 0.28); 0 = epsilon
+  grpo.beta = 0.0  # KL (k3) to the frozen reference; 0 = no reference is built (TRL's default)
+  grpo.num_iterations = 1  # μ: updates per generation batch; π_old = the sampling policy
+  grpo.mask_truncated_completions = False  # answers cut at max_completion_length get no loss
+  grpo.drop_zero_std_groups = False  # dynamic sampling: resample groups whose rewards are all equal
+  grpo.max_resample_rounds = 2  # dynamic sampling: fresh prompt batches tried per step at most
+
   # `run.py pipeline`: the top-level train/data/checkpoint keys are pretraining's; each
   # post-training stage replaces the keys below with its own (configs/stages.py). Defaults
   # were tuned on the `tiny` preset (README's pipeline); scale them with the model.
@@ -162,6 +181,10 @@ def get_config():
   pipe.ppo = _stage(steps=40, batch_size=16, learning_rate=1e-4, warmup_steps=0,
                     weight_decay=0.0, eval_every=0, eval_batches=8, save_every_steps=10,
                     seq_len=128, log_every=1)  # steps = iterations, batch = prompts each
+
+  pipe.grpo = _stage(steps=40, batch_size=64, learning_rate=1e-4, warmup_steps=0,
+                     weight_decay=0.0, eval_every=0, eval_batches=8, save_every_steps=10,
+                     seq_len=128, log_every=1)  # batch = answers (prompts × num_generations)
 
   # `run.py report` (and the pipeline's last step): the evaluations behind the report card.
   config.report = report = ml_collections.ConfigDict()

@@ -1,13 +1,13 @@
 """A post-training stage's config: the pipeline config with that stage's own keys.
 
 The top-level train.*, checkpoint.* and data.seq_len are pretraining's; `pipeline.<stage>`
-holds what differs for `sft`, `reward`, `dpo` and `ppo`. `run.py pipeline` builds each
+holds what differs for `sft`, `reward`, `dpo`, `ppo` and `grpo`. `run.py pipeline` builds each
 stage's config here, and the stage presets (configs/sft_tiny.py, ...) are the same call,
 so a stage run alone and inside the pipeline train identically.
 """
 import copy
 
-STAGES = ('sft', 'reward', 'dpo', 'ppo')
+STAGES = ('sft', 'reward', 'dpo', 'ppo', 'grpo')
 
 
 def for_stage(config, stage):

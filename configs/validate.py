@@ -21,6 +21,10 @@ CHOICES = {
     'ppo.method': ('full', 'lora'),
     'ppo.critic_init': ('reward', 'sft'),
     'ppo.kl_estimator': ('k1', 'k3'),
+    'grpo.method': ('full', 'lora'),
+    'grpo.reward_aggregation': ('sum_then_normalize', 'normalize_then_sum'),
+    'grpo.scale_rewards': ('group', 'batch', 'none'),
+    'grpo.loss_type': ('grpo', 'dr_grpo', 'dapo', 'bnpo'),
 }
 # The domain of every numeric key of configs/base.py, in this one place, checked before any
 # work: '>= 1', '> 0', or an interval '[0, 1]', '(0, 1]', '[0, 0.5)'. A value that is not
@@ -98,6 +102,15 @@ DOMAINS = {
     'ppo.missing_eot_penalty': '>= 0',
     'ppo.repeat_penalty': '>= 0',
     'ppo.wrong_language_penalty': '>= 0',
+    'grpo.num_generations': '>= 2',
+    'grpo.temperature': '> 0',
+    'grpo.top_p': '(0, 1]',
+    'grpo.max_completion_length': '>= 1',
+    'grpo.epsilon': '> 0',
+    'grpo.epsilon_high': '>= 0',
+    'grpo.beta': '>= 0',
+    'grpo.num_iterations': '>= 1',
+    'grpo.max_resample_rounds': '>= 0',
     'report.eval_prompts': '>= 1',
     'report.max_new_tokens': '>= 1',
     'report.temperature': '>= 0',
@@ -130,6 +143,10 @@ NOTES = {
     'ppo.missing_eot_penalty': 'subtracted from the score; 0 = off',
     'ppo.repeat_penalty': 'subtracted from the score; 0 = off',
     'ppo.wrong_language_penalty': 'subtracted from the score; 0 = off',
+    'grpo.num_generations': 'GRPO compares answers within a group of at least two',
+    'grpo.top_p': '1 = off',
+    'grpo.epsilon_high': '0 = grpo.epsilon',
+    'grpo.beta': '0 = no reference',
 }
 # Pad, unk, BOS, EOS, 4 chat roles, 256 byte pieces, plus room for real merges.
 MIN_VOCAB_SIZE = 8 + 256 + 64

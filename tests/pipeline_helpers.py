@@ -14,8 +14,10 @@ CUT_DOWN = [
     '--config.pipeline.dpo.train.steps=8', '--config.pipeline.dpo.train.eval_batches=2',
     '--config.pipeline.ppo.train.steps=3', '--config.pipeline.ppo.train.batch_size=8',
     '--config.ppo.minibatches=2', '--config.sft.eval_prompts=8', '--config.report.eval_prompts=8',
+    '--config.pipeline.grpo.train.steps=3', '--config.pipeline.grpo.train.batch_size=16',
+    '--config.grpo.num_generations=4', '--config.grpo.max_completion_length=8',
 ]
-TRAINED = {'pretrain': 30, 'sft': 40, 'reward': 10, 'ppo': 3, 'dpo': 8}
+TRAINED = {'pretrain': 30, 'sft': 40, 'reward': 10, 'ppo': 3, 'dpo': 8, 'grpo': 3}
 
 
 def pipeline_lines(text):

@@ -20,7 +20,7 @@ from evaluation.report import tables
 from evaluation.report import xz_baseline
 from engine import paths
 
-MODEL_STAGES = ('pretrain', 'sft', 'dpo', 'ppo')
+MODEL_STAGES = ('pretrain', 'sft', 'dpo', 'ppo', 'grpo')
 
 
 def default_config(pipeline):

@@ -13,7 +13,7 @@ from configs.errors import UserError
 from engine import paths
 from engine.checkpoint_steps import finished_steps
 
-STAGES = ('pretrain', 'sft', 'reward', 'dpo', 'ppo')
+STAGES = ('pretrain', 'sft', 'reward', 'dpo', 'ppo', 'grpo')
 STAGE_FILES = ('config.json', 'metrics.jsonl', 'checkpoints')
 
 

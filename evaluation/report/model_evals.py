@@ -1,6 +1,6 @@
 """The evaluations behind the report's table and prompts, run once and cached.
 
-Each model (pretrain, sft, dpo, ppo) gets `run_chat_eval` (held-out chat loss, task
+Each model (pretrain, sft, dpo, ppo, grpo) gets `run_chat_eval` (held-out chat loss, task
 metrics, answer language, end-of-turn and repeat rates, pretraining perplexity) and
 its answers to the fixed prompts, greedy and sampled. The reward stage's model then
 scores every model's greedy held-out answers, all in one call. Cache files live in
@@ -24,7 +24,7 @@ from evaluation import sampling
 from evaluation.report import collect
 from engine import paths
 
-MODEL_STAGES = ('pretrain', 'sft', 'dpo', 'ppo')
+MODEL_STAGES = ('pretrain', 'sft', 'dpo', 'ppo', 'grpo')
 ERRORS = (UserError, integrity.DamagedCheckpoint)
 
 

@@ -28,6 +28,11 @@ CURVES = {
         ('KL to reference', [('objective/kl', 'KL')]),
         ('entropy', [('objective/entropy', 'entropy')]),
         ('response length (tokens)', [('response_length', 'mean')])]),
+    'grpo': ('GRPO', [
+        ('reward (verifiers)', [('reward', 'reward')]),
+        ('groups with equal rewards', [('frac_reward_zero_std', 'frac_reward_zero_std')]),
+        ('KL to reference', [('kl', 'KL')]),
+        ('completion length (tokens)', [('completions/mean_length', 'mean')])]),
     'dpo': ('DPO', [
         ('reward margin', [('rewards/margins', 'train batch'), ('eval_margin', 'held-out')]),
         ('reward accuracy', [('rewards/accuracies', 'train batch'),

@@ -2,9 +2,10 @@
 report.md show the same cells. A value that is missing prints as '-'; a stage that
 was not run says so in its row."""
 
-MODEL_NAMES = {'pretrain': 'base (pretrain)', 'sft': 'SFT', 'dpo': 'DPO', 'ppo': 'PPO'}
+MODEL_NAMES = {'pretrain': 'base (pretrain)', 'sft': 'SFT', 'dpo': 'DPO', 'ppo': 'PPO',
+               'grpo': 'GRPO'}
 STAGE_NAMES = {'pretrain': 'pretrain', 'sft': 'SFT', 'reward': 'reward model', 'dpo': 'DPO',
-               'ppo': 'PPO'}
+               'ppo': 'PPO', 'grpo': 'GRPO'}
 
 
 def num(value, digits=3):
@@ -101,7 +102,8 @@ KEY_NUMBERS = {'pretrain': ('eval_perplexity', 'validation perplexity', 2),
                'sft': ('eval_loss', 'held-out loss', 3),
                'reward': ('eval_accuracy', 'held-out accuracy', 3),
                'dpo': ('eval_accuracy', 'held-out accuracy', 3),
-               'ppo': ('objective/scores', 'score', 3)}
+               'ppo': ('objective/scores', 'score', 3),
+               'grpo': ('reward', 'reward', 3)}
 
 
 def key_number(stage, stage_record):
