@@ -33,16 +33,26 @@ def sample_rows(logits, seeds, counts, temperature, top_p):
 
   The key is fold_in(key(seed), tokens sampled so far): a seeded request samples
   the same tokens wherever and with whomever it runs. temperature 0 = greedy."""
-  def one(row, seed, count, temp, nucleus):
-    key = jax.random.fold_in(jax.random.key(seed), count)
-    scaled = row / jnp.maximum(temp, 1e-6)
+  def nucleus_cut(scaled, nucleus):
     order = jnp.argsort(-scaled)
     probs = jax.nn.softmax(scaled[order])
     keep_sorted = jnp.cumsum(probs) - probs < nucleus  # the first token always stays
     keep = jnp.zeros_like(keep_sorted).at[order].set(keep_sorted)
-    sampled = jax.random.categorical(key, jnp.where(keep, scaled, -jnp.inf))
-    return jnp.where(temp > 0, sampled, jnp.argmax(row)).astype(jnp.int32)
-  return jax.vmap(one)(logits.astype(jnp.float32), seeds, counts, temperature, top_p)
+    # rows with top_p = 1 stay exactly as they are, whoever else asks for a cut
+    return jnp.where(keep | (nucleus >= 1), scaled, -jnp.inf)
+
+  def one(row, seed, count):
+    return jax.random.categorical(jax.random.fold_in(jax.random.key(seed), count), row)
+
+  logits = logits.astype(jnp.float32)
+  scaled = logits / jnp.maximum(temperature, 1e-6)[:, None]
+  # Sorting every row's vocabulary is the dear part of sampling on CPU (16 rows of 8,192:
+  # ~24 ms, against ~3 ms for the rest), so it only runs when a row asks for top_p < 1.
+  scaled = jax.lax.cond(jnp.any((top_p < 1) & (temperature > 0)),
+                        lambda x: jax.vmap(nucleus_cut)(x, top_p), lambda x: x, scaled)
+  greedy = jnp.argmax(logits, axis=-1).astype(jnp.int32)
+  sampled = jax.vmap(one)(scaled, seeds, counts).astype(jnp.int32)
+  return jnp.where(temperature > 0, sampled, greedy)
 
 
 def make_prefill(spec):
