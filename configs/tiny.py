@@ -33,4 +33,8 @@ def get_config():
   config.ppo.max_new_tokens = 32  # prompts get the other 96 tokens of pipeline.ppo's 128
   config.ppo.missing_eot_penalty = 1.0  # the tiny SFT model forgets to stop; make it pay
   config.ppo.repeat_penalty = 0.5
+  # GRPO on the tiny SFT model: samples nearer its greedy answers (what the report scores)
+  # and a KL anchor; without it (β = 0) held-out F1 rose by 1 SE only, the rest forgotten.
+  config.grpo.temperature = 0.7
+  config.grpo.beta = 0.04
   return config
