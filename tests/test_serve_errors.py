@@ -3,6 +3,8 @@ server goes on serving."""
 import httpx
 import pytest
 
+from tests.cli_helpers import one_line_error
+from tests.cli_helpers import run_cli
 from tests.serve_helpers import chat_body
 
 pytestmark = pytest.mark.slow
@@ -79,3 +81,16 @@ def test_stop_strings_end_the_answer_before_them(serve_url):
                    json=chat_body('Hello', max_tokens=24, ignore_eos=True, stop=stop)).json()
   assert cut['choices'][0]['message']['content'] == text[:text.find(stop)]
   assert cut['choices'][0]['finish_reason'] == 'stop'
+
+
+def test_bad_command_lines_are_one_error_line(serve_url, served_workdir, tiny_workdir):
+  port = serve_url.rsplit(':', 1)[1]  # taken by the running server
+  one_line_error(run_cli('serve', f'--workdir={served_workdir}', f'--port={port}'),
+                 'cannot listen on 127.0.0.1:' + port)
+  one_line_error(run_cli('serve', f'--workdir={tiny_workdir}', '--port=70000'), '--port=70000')
+  one_line_error(run_cli('serve', f'--workdir={tiny_workdir}', '--port=0'), '--port=0')
+  one_line_error(run_cli('chat', f'--workdir={tiny_workdir}', '--temperature=5'),
+                 '--temperature=5')
+  one_line_error(run_cli('chat', f'--workdir={tiny_workdir}'), 'no checkpoint in')
+  one_line_error(run_cli('serve', f'--workdir={served_workdir}', '--port=9',
+                         '--config.serve.max_batch=0'), 'serve.max_batch')
