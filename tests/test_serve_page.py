@@ -2,6 +2,7 @@
 path: nothing downloads a browser): a Chinese message gets the streamed answer the
 API gives; model and user text are shown as text, never as HTML."""
 import shutil
+import time
 
 import httpx
 import pytest
@@ -65,5 +66,26 @@ def test_page_streams_a_chinese_answer(serve_url):
       assert page.locator('#messages .user').last.text_content() == injected
       assert page.locator('#messages img, #messages b').count() == 0
       assert page.evaluate('window.pwned') is None
+      # Stop: the answer ends where it was, and the server frees the slot at once
+      page.fill('#max_tokens', '200')
+      long_one = next(q for q in (QUESTION, 'Hello', 'Tell me a story.', '李白')
+                      if httpx.post(serve_url + '/v1/chat/completions', json={
+                          'messages': [{'role': 'system', 'content': 'Answer briefly.'},
+                                       {'role': 'user', 'content': q}], 'temperature': 0,
+                          'max_tokens': 200}).json()['choices'][0]['finish_reason'] == 'length')
+      page.click('#reset')
+      before = httpx.get(serve_url + '/stats').json()['decode_steps']
+      page.fill('#input', long_one)
+      page.click('#send')
+      page.wait_for_function('document.querySelector("#messages .assistant:last-child")'
+                             '?.textContent.length > 0', timeout=60_000)
+      page.click('#stop')
+      page.wait_for_function('document.querySelector("#messages .assistant:last-child")'
+                             '?.dataset.state === "done"', timeout=60_000)
+      deadline = time.time() + 60  # a bound for a broken server, not a speed check
+      while httpx.get(serve_url + '/stats').json()['busy_slots'] and time.time() < deadline:
+        time.sleep(0.05)
+      stats = httpx.get(serve_url + '/stats').json()
+      assert stats['busy_slots'] == 0 and stats['decode_steps'] - before < 200
     finally:
       browser.close()
