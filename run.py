@@ -5,20 +5,13 @@ export, import, pipeline, launch, bench, describe, report. Each lives in command
 its own flags; any config key can be overridden with `--config.section.key=value`.
 Mistakes a user can fix end with one `error:` line and exit code 2.
 """
-import importlib
 import sys
 
-from absl import app
-from absl import logging
-
-from commands import COMMANDS
-from commands import common
 from commands import stopping
 
 
 def main():
   command = sys.argv[1] if len(sys.argv) > 1 else '(none)'
-  stopping.install()  # a signal while the imports run stops as cleanly as one later
   try:
     _run(command)
   except stopping.Stopped as stop:  # before the command's own handling began
@@ -26,6 +19,15 @@ def main():
 
 
 def _run(command):
+  # Imported here, inside main's try: a signal while they load stops cleanly too.
+  import importlib
+
+  from absl import app
+  from absl import logging
+
+  from commands import COMMANDS
+  from commands import common
+  logging.set_verbosity(logging.WARNING)
   if command in ('-h', '--help', 'help'):
     print(f'{__doc__}\nusage: python run.py <command> --help  (the command\'s flags)')
     return
@@ -36,5 +38,5 @@ def _run(command):
 
 
 if __name__ == '__main__':
-  logging.set_verbosity(logging.WARNING)
+  stopping.install()  # before anything slow is imported
   main()

@@ -161,7 +161,9 @@ def run(module, argv):
       check_workdir(workdir, writes=not getattr(module, 'READS_WORKDIR_ONLY', False))
     initialize_distributed()
     stopping.install()
-    return module.main(config, workdir)
+    result = module.main(config, workdir)
+    stopping.ignore()  # done: a signal while the interpreter exits changes nothing
+    return result
   except stopping.Stopped as stop:
     import jax
     name = sys.argv[1] if len(sys.argv) > 1 else module.__name__.rsplit('.', 1)[-1]

@@ -27,6 +27,7 @@ STAGES = flags.DEFINE_list('stages', list(stages_lib.ORDER), 'Stages to run, a s
                            f'{",".join(stages_lib.ORDER)} (always run in that order).')
 INIT_FROM = common.define('string', 'init_from', None, 'A pretraining workdir to start the '
                           'post-training stages from instead of WORKDIR/pretrain.')
+ON_STOP = 'no stage had started; run the same command again to continue'
 
 
 def _selected():

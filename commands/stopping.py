@@ -10,14 +10,29 @@ still busy can end in a segmentation fault (exit 139) after the clean line.
 import os
 import signal
 import sys
+import threading
 
 
 class Stopped(BaseException):
   """Raised by the handlers below; BaseException so `except Exception` lets it pass."""
 
 
-def _raise_stopped(signum, _):
+def _raise_stopped(signum, frame):
+  if _importing(frame):
+    # An exception inside an import can leave a C extension half initialised (a crash
+    # at exit) or be swallowed by a library's guarded import (the signal lost): the
+    # same signal is sent again shortly, until it lands outside every import.
+    threading.Timer(0.05, os.kill, (os.getpid(), signum)).start()
+    return
   raise Stopped(signal.Signals(signum).name)
+
+
+def _importing(frame):
+  while frame is not None:
+    if frame.f_code.co_filename.startswith('<frozen importlib'):
+      return True
+    frame = frame.f_back
+  return False
 
 
 def install():
