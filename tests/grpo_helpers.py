@@ -7,7 +7,8 @@ from tests.cli_helpers import read_records, tiny_pretrain
 # language (zh or en, by chance) gives the others a signal.
 GRPO = ['--config=configs/grpo_tiny.py', '--config.train.batch_size=16',
         '--config.grpo.num_generations=4', '--config.grpo.max_completion_length=8',
-        '--config.train.peak_tflops=1', '--config.grpo.rewards=f1:1,language:1,no_repeat:0.5']
+        '--config.train.peak_tflops=1', '--config.grpo.rewards=f1:1,language:1,no_repeat:0.5',
+        '--config.grpo.beta=0', '--config.grpo.temperature=1']  # TRL's defaults, not tiny's
 
 _START = {}
 

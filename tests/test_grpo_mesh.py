@@ -24,6 +24,8 @@ def _config(mesh):
   config.grpo.num_generations, config.grpo.max_completion_length = 4, 8
   config.grpo.num_iterations = 2  # π_old from the trainer: ratios and clips are exercised
   config.grpo.rewards = 'f1:1,language:1,no_repeat:0.5'
+  config.grpo.beta = 0.04  # the reference's forward and the KL on both meshes too
+  config.grpo.temperature = 1.0  # diverse answers: groups with a signal
   config.train.peak_tflops = 1
   config.mesh.data, config.mesh.fsdp, config.mesh.tensor = mesh
   return config
@@ -79,6 +81,7 @@ def test_eight_devices_equal_one_for_one_step(start):
     np.testing.assert_array_equal(one['seen'][0][k], eight['seen'][0][k])
   m1, m8 = one['metrics'], eight['metrics']
   assert sorted(m1) == sorted(m8)
+  assert 0 < m1['kl'] < 0.1  # 0 in the first of the μ = 2 updates, the second's moved
   for name in sorted(m1):
     if name.startswith('time/'):
       continue

@@ -98,3 +98,20 @@ def test_sigkill_then_resume_is_bitwise_identical(start, straight, tmp_path):
   with open(killed / 'checkpoints' / str(STEPS) / 'data' / 'process_0-of-1.json') as f:
     data_b = json.load(f)
   assert data_a == data_b
+
+
+def test_lora_keeps_the_base_frozen_and_its_kl_starts_at_exactly_0(start, tmp_path):
+  """grpo.method=lora: only adapters train and the reference is the base with them off
+  (no copy), so at step 1 the policy is the reference and the KL is exactly 0."""
+  workdir = tmp_path / 'lora'
+  result = run_cli('grpo', *GRPO, '--config.train.steps=2', '--config.grpo.method=lora',
+                   '--config.grpo.beta=0.04', '--config.checkpoint.save_every_steps=2',
+                   f'--workdir={workdir}', f'--init_from={start["p"]}')
+  assert result.returncode == 0, result.stderr[-3000:]
+  assert 'grpo: lora' in result.stdout
+  steps = by_step(workdir)
+  assert steps[1]['kl'] == 0.0 and steps[2]['kl'] > 0.0
+  import jax
+  params = restore_state(workdir, 2)['params']
+  names = {str(p[-1]) for p, _ in jax.tree_util.tree_leaves_with_path(params)}
+  assert names <= {"['a']", "['b']"}, names  # adapters only: the base is frozen, not saved
