@@ -15,7 +15,7 @@ def main():
   try:
     _run(command)
   except stopping.Stopped as stop:  # before the command's own handling began
-    stopping.exit_stopped(f'{command}: {stop} received before it started; nothing was done')
+    stopping.exit_stopped(f'{command}: {stop} received before it started; nothing was done', stop)
 
 
 def _run(command):

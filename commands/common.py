@@ -169,7 +169,7 @@ def run(module, argv):
     name = sys.argv[1] if len(sys.argv) > 1 else module.__name__.rsplit('.', 1)[-1]
     advice = getattr(module, 'ON_STOP', 'run the same command again to do it')
     stopping.exit_stopped(f'{name}: {stop} received; stopped: {advice}'
-                          if jax.process_index() == 0 else None)
+                          if jax.process_index() == 0 else None, stop)
   except UserError as e:
     from engine import storage
     if isinstance(e, storage.StorageError):

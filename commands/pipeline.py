@@ -280,6 +280,6 @@ def main(config, workdir):
       record.update(name, status='stopped', step=step, wall_s=wall)
       where = f' in {name}' + (f' (last checkpoint: step {step})' if step is not None else '')
     stopping.exit_stopped(f'pipeline: {stop} received{where}; nothing is lost: run the same '
-                          'command again to continue' if primary else None)
+                          'command again to continue' if primary else None, stop)
   total = sum((record.stage(s) or {}).get('wall_s') or 0.0 for s in selected)
   say(f'{",".join(selected)}: done ({_clock(total)} of stage time in all)')

@@ -7,6 +7,7 @@ temp files removed by their `finally`), prints its one line and leaves with
 os._exit(0): a normal interpreter exit while XLA's or matplotlib's threads are
 still busy can end in a segmentation fault (exit 139) after the clean line.
 """
+import gc
 import os
 import signal
 import sys
@@ -47,9 +48,15 @@ def ignore():
     signal.signal(sig, signal.SIG_IGN)
 
 
-def exit_stopped(line):
-  """Prints `line` (None: nothing, e.g. not process 0) and exits 0 at once."""
+def exit_stopped(line, stop=None):
+  """Prints `line` (None: nothing, e.g. not process 0) and exits 0 at once. `stop`, the
+  Stopped being handled: its traceback holds the frames it unwound (a `prepare` worker
+  pool among them); dropped and collected first, their semaphores are released, so
+  multiprocessing's tracker has no 'leaked semaphore' warning to print after the line."""
   ignore()
+  if stop is not None:
+    stop.__traceback__ = stop.__context__ = None
+    gc.collect()
   if line:
     print(line, flush=True)
   sys.stdout.flush()

@@ -123,7 +123,7 @@ def _pooled(jobs, workers):
   pool = multiprocessing.get_context('spawn').Pool(workers)
   try:
     return list(pool.imap(write_unit, jobs, chunksize=1))
-  except Exception as e:  # pylint: disable=broad-except
+  except BaseException as e:  # pylint: disable=broad-except  (a SIGTERM's Stopped too)
     failure = e.with_traceback(None)
   finally:
     pool.terminate()
