@@ -115,3 +115,21 @@ def test_lora_keeps_the_base_frozen_and_its_kl_starts_at_exactly_0(start, tmp_pa
   params = restore_state(workdir, 2)['params']
   names = {str(p[-1]) for p, _ in jax.tree_util.tree_leaves_with_path(params)}
   assert names <= {"['a']", "['b']"}, names  # adapters only: the base is frozen, not saved
+
+
+def test_reward_model_reward_scores_answers_with_reward_from(tiny_workdir, tmp_path_factory,
+                                                             tmp_path):
+  """grpo.rewards=reward_model:1 with --reward_from (the PPO tests' reward model, built
+  once a session): its score is the reward, logged as rewards/reward_model/*, and the
+  groups' rewards differ (a score is continuous), so every group carries a signal."""
+  from tests.ppo_helpers import ppo_roles
+  roles = ppo_roles(tiny_workdir, tmp_path_factory)
+  workdir = tmp_path / 'rm'
+  result = run_cli('grpo', *GRPO, '--config.train.steps=1', '--config.grpo.rewards=reward_model:1',
+                   f'--workdir={workdir}', f'--init_from={roles["p"]}',
+                   f'--reward_from={roles["r"]}')
+  assert result.returncode == 0, result.stderr[-3000:]
+  record = by_step(workdir)[1]
+  assert math.isfinite(record['rewards/reward_model/mean'])
+  assert record['rewards/reward_model/std'] > 0 and record['frac_reward_zero_std'] == 0.0
+  assert record['reward'] == pytest.approx(record['rewards/reward_model/mean'], abs=1e-5)
