@@ -54,7 +54,7 @@ def train(stage, state, frozen, rollout):
   full_mask = (jnp.arange(tokens.shape[1])[None] < counts[:, None]).astype(jnp.float32)
   rewards = grpo_loss.aggregate(rollout['per_reward'], stage.rewards.weights, g,
                                 cfg.reward_aggregation)
-  advantages, std = grpo_loss.advantages(rewards, g, cfg.scale_rewards)
+  advantages, _ = grpo_loss.advantages(rewards, g, cfg.scale_rewards)
   params = state['params']
   trainer_logp, entropy = completion_logps(
       stage, policy.model_params(params, frozen['base']), rows, want_entropy=True)
@@ -121,7 +121,6 @@ def train(stage, state, frozen, rollout):
       'sampling/logprob_diff_max': jnp.max(jnp.abs(rollout['sample_logp'] - trainer_logp)
                                            * full_mask),
   }
-  del std
   if cfg.beta:
     metrics['kl'] = jnp.mean(sums['kl'] / tokens_counted)
   return params, opt_state, metrics
