@@ -4,7 +4,7 @@ answer and the chat goes on, Ctrl-D quits."""
 import os
 import pty
 import select
-import signal
+import subprocess
 import sys
 import time
 
@@ -16,16 +16,23 @@ from tests.cli_helpers import REPO
 pytestmark = pytest.mark.slow
 
 
+TAKE_TERMINAL = ('import fcntl, os, sys, termios; fcntl.ioctl(0, termios.TIOCSCTTY, 0); '
+                 'os.execv(sys.executable, [sys.executable] + sys.argv[1:])')
+
+
 class Terminal:
   """`run.py chat` on a pty; `until(text)` reads until text appears (or fails)."""
 
   def __init__(self, *args):
     env = dict(os.environ)
     env.pop('XLA_FLAGS', None)
-    self.pid, self.fd = pty.fork()
-    if self.pid == 0:
-      os.chdir(REPO)
-      os.execve(sys.executable, [sys.executable, 'run.py', 'chat', *args], env)
+    self.fd, child = pty.openpty()
+    # subprocess's own fork+exec (pty.fork from this multithreaded process could deadlock);
+    # the new session takes the pty as its controlling terminal, so Ctrl-C is SIGINT there
+    self.proc = subprocess.Popen(
+        [sys.executable, '-c', TAKE_TERMINAL, 'run.py', 'chat', *args], cwd=REPO, env=env,
+        stdin=child, stdout=child, stderr=child, start_new_session=True)
+    os.close(child)
     self.seen = ''
     self._raw = b''
 
@@ -48,11 +55,10 @@ class Terminal:
     os.write(self.fd, text.encode('utf-8'))
 
   def close(self):
-    try:
-      os.kill(self.pid, signal.SIGKILL)
-    except ProcessLookupError:
-      pass
-    os.waitpid(self.pid, 0)
+    if self.proc.poll() is None:
+      self.proc.kill()
+    self.proc.wait()
+    os.close(self.fd)
 
 
 def _api(serve_url, messages):
@@ -108,9 +114,6 @@ def test_chat_in_a_terminal(served_workdir, serve_url):
     term.until('\n> ')
     term.send('\x04')
     term.until('[bye]')
-    _, status = os.waitpid(term.pid, 0)
-    term.pid = None
-    assert os.WIFEXITED(status) and os.WEXITSTATUS(status) == 0
+    assert term.proc.wait(timeout=60) == 0
   finally:
-    if term.pid:
-      term.close()
+    term.close()

@@ -1,5 +1,6 @@
 """The serving engine's pieces without a server: per-row sampling, text deltas that
 never cut a character or leak a stop string's start, prefill buckets."""
+import jax
 import jax.numpy as jnp
 import numpy as np
 
@@ -10,10 +11,11 @@ from serving.text_stream import TextStream
 def test_rows_sample_by_their_own_settings_whoever_is_beside_them():
   logits = jnp.log(jnp.asarray([[0.5, 0.3, 0.15, 0.05]] * 4))
   seeds = jnp.arange(4, dtype=jnp.uint32)
+  sample = jax.jit(steps.sample_rows)
   def draw(temperature, top_p, count):
-    return np.asarray(steps.sample_rows(logits, seeds, jnp.full(4, count, jnp.int32),
-                                        jnp.asarray(temperature, jnp.float32),
-                                        jnp.asarray(top_p, jnp.float32)))
+    return np.asarray(sample(logits, seeds, jnp.full(4, count, jnp.int32),
+                             jnp.asarray(temperature, jnp.float32),
+                             jnp.asarray(top_p, jnp.float32)))
   # row 0 greedy; rows 1-3 sample; row 2 with a nucleus that keeps only token 0
   draws = np.stack([draw([0, 1, 1, 1], [1, 1, 0.4, 1], c) for c in range(400)])
   assert (draws[:, 0] == 0).all() and (draws[:, 2] == 0).all()
