@@ -20,6 +20,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from data_pipeline import chat_template
 from serving import chat_completions
 from serving import completions
+from serving import completions_stream
 from serving import request_checks as checks
 from serving.request_checks import ApiError
 
@@ -143,7 +144,12 @@ def create_app(served):
 
   @app.post('/v1/completions')
   async def v1_completions(request: Request):
-    return await completions.complete(await _body(request), served, request)
+    body = await _body(request)
+    if checks.boolean(body, 'stream'):
+      return StreamingResponse(completions_stream.stream(body, served, request),
+                               media_type='text/event-stream',
+                               headers={'Cache-Control': 'no-cache'})
+    return await completions.complete(body, served, request)
 
   @app.post('/v1/chat/completions')
   async def v1_chat_completions(request: Request):

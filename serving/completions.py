@@ -70,8 +70,6 @@ def _logprobs(tokenizer, prompt_ids, prompt_scores, generated, text_start):
 
 async def complete(body, served, http_request):
   prompts, settings, max_tokens, echo, logprobs = parse(body, served)
-  if settings['stream']:
-    raise ApiError('"stream": true is supported on /v1/chat/completions only', 'stream')
   n = settings['n']
   all_ids = [ids for _, ids in prompts for _ in range(n)]
   eos = () if checks.boolean(body, 'ignore_eos') else (served.tokenizer.eos_id,)

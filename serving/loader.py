@@ -35,8 +35,9 @@ def _quantized(params, mesh):
 
 
 def load(config, workdir, *, step=None, checkpoint=None, quantize='none', log=None):
-  if config.serve.max_batch < 1:
-    raise UserError(f'serve.max_batch={config.serve.max_batch} must be >= 1')
+  if jax.process_count() > 1:  # one engine thread drives the device; nothing to join
+    raise UserError('serve and chat run in one process; start them without --num_processes '
+                    'or `run.py launch` (a model that needs several hosts is not served yet)')
   model_cfg, params, tokenizer, spec, saved, step, soft_prompt = restore_params.load(
       workdir, config, checkpoint, step)
   if quantize == 'int8':

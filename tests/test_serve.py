@@ -124,3 +124,14 @@ def test_disconnect_frees_the_slot(serve_url):
   assert stats['decode_steps'] - before < 200  # it stopped long before max_tokens
   after = httpx.post(serve_url + '/v1/chat/completions', json=chat_body('hi', max_tokens=4))
   assert after.status_code == 200 and after.json()['choices'][0]['message']['content']
+
+
+def test_completions_stream_equals_whole(client):
+  kwargs = dict(model='w', prompt='床前明月光，', max_tokens=12, temperature=0,
+                extra_body={'ignore_eos': True})
+  whole = client.completions.create(**kwargs).choices[0]
+  chunks = list(client.completions.create(stream=True, echo=True, **kwargs))
+  texts = [c.choices[0].text for c in chunks]
+  assert texts[0] == '床前明月光，' and ''.join(texts[1:]) == whole.text
+  assert chunks[-1].choices[0].finish_reason == 'length' == whole.finish_reason
+  assert '\ufffd' not in ''.join(texts)
