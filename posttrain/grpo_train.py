@@ -6,6 +6,7 @@ train.microbatches with weights fixed from the whole batch (grpo_loss.token_weig
 import jax
 import jax.numpy as jnp
 import optax
+from flax import nnx
 
 from posttrain import grpo_loss
 from posttrain.rollout_sequences import build_sequences
@@ -18,10 +19,14 @@ def completion_logps(stage, model_params, rows, want_entropy=False):
   temperature = stage.config.grpo.temperature
   seq, segment_ids, length = rows['seq'], rows['segment_ids'], rows['length']
   positions = jnp.broadcast_to(jnp.arange(seq.shape[1], dtype=jnp.int32), seq.shape)
-  logits = stage.spec.apply(model_params, seq, positions, segment_ids)[:, :-1]
+  model = nnx.merge(stage.spec.graphdef, model_params)
+  x, b, t = model.residual_stream(seq, positions, segment_ids)
   n = rows['tokens'].shape[1]
   where = (length - 1)[:, None] + jnp.arange(n, dtype=jnp.int32)[None]  # (R, N)
-  logits = jnp.take_along_axis(logits, where[..., None], axis=1)
+  # The vocabulary projection only where a completion token is predicted (not over the
+  # prompt): at tiny's sizes it is the largest matmul of the forward.
+  x = jnp.take_along_axis(x.reshape(b, t, -1), where[..., None], axis=1)
+  logits = model.logits(x.reshape(b * n, -1), b, n)
   logp = token_logps(logits, rows['tokens'], temperature)
   if not want_entropy:
     return logp, None

@@ -97,7 +97,8 @@ def test_eight_devices_equal_one_for_one_step(start):
                                                                 jax.tree.leaves(eight['params']))])
   moved = np.concatenate([np.abs(x - s).ravel() for x, s in zip(jax.tree.leaves(one['params']),
                                                                 jax.tree.leaves(one['start']))])
-  # Adam's first steps are ~lr·sign(g): where g is ~0, float noise may flip the sign.
-  assert np.mean(diffs <= 1e-3 * lr) >= 0.999, np.mean(diffs <= 1e-3 * lr)
+  # Adam's first steps are ~lr·sign(g): where g is ~0, float noise may flip the sign, and
+  # μ = 2 updates give it two chances (seen: 0.15% of entries; a sharding mistake moves most).
+  assert np.mean(diffs <= 1e-3 * lr) >= 0.995, np.mean(diffs <= 1e-3 * lr)
   assert diffs.max() <= 4 * lr and moved.max() > 0.5 * lr
   np.testing.assert_array_equal(one['rng'], eight['rng'])
