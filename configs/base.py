@@ -209,11 +209,6 @@ def get_config():
   hf.parity_sequences = 4  # random token sequences the parity check runs
   hf.shard_mb = 2000  # largest safetensors shard written by export, in MiB
 
-  config.mesh = mesh = ml_collections.ConfigDict()
-  mesh.data = -1  # data-parallel ways; -1 = all devices left over
-  mesh.fsdp = 1  # parameter-sharding ways (ZeRO-3 style)
-  mesh.tensor = 1  # tensor-parallel ways (heads and MLP split)
-  return config
   # `run.py serve` / `run.py chat`: the continuous-batching engine (serving/engine.py).
   config.serve = serve = ml_collections.ConfigDict()
   serve.max_batch = 16  # decode slots: requests generated together in one jitted step
@@ -222,3 +217,8 @@ def get_config():
   serve.default_max_tokens = 256  # chat answers without max_tokens (capped by the context)
   serve.max_n = 16  # most choices (n) one request may ask for
 
+  config.mesh = mesh = ml_collections.ConfigDict()
+  mesh.data = -1  # data-parallel ways; -1 = all devices left over
+  mesh.fsdp = 1  # parameter-sharding ways (ZeRO-3 style)
+  mesh.tensor = 1  # tensor-parallel ways (heads and MLP split)
+  return config

@@ -120,6 +120,11 @@ DOMAINS = {
     'hf.parity_tolerance': '> 0',
     'hf.parity_sequences': '>= 1',
     'hf.shard_mb': '> 0',
+    'serve.max_batch': '>= 1',
+    'serve.min_bucket': '>= 1',
+    'serve.max_queue': '>= 1',
+    'serve.default_max_tokens': '>= 1',
+    'serve.max_n': '>= 1',
 }
 # Why a domain is what it is, where the bare bound would not say.
 NOTES = {
@@ -133,11 +138,6 @@ NOTES = {
     'train.b1': 'an Adam moment decay',
     'train.b2': 'an Adam moment decay',
     'train.grad_clip': '0 = off',
-    'serve.max_batch': '>= 1',
-    'serve.min_bucket': '>= 1',
-    'serve.max_queue': '>= 1',
-    'serve.default_max_tokens': '>= 1',
-    'serve.max_n': '>= 1',
     'checkpoint.save_every_steps': '0 = off',
     'report.temperature': '0 = greedy',
     'ppo.missing_eot_penalty': 'subtracted from the score; 0 = off',
