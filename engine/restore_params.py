@@ -109,6 +109,9 @@ def with_fallback(workdir, checkpoint, step, fn):
   """fn(directory, step, meta) on the chosen checkpoint: the named one (--checkpoint
   or --step; damaged = one error line), else the latest that reads back intact
   (a damaged one is skipped with a warning)."""
+  # Orbax needs absolute paths; run.py resolves them, a script calling this may not.
+  workdir = paths.resolve(workdir) if workdir else workdir
+  checkpoint = paths.resolve(checkpoint, '--checkpoint') if checkpoint else checkpoint
   directory, chosen = locate(workdir, checkpoint, step)
   named = checkpoint is not None or step is not None
   candidates = [chosen] if named else sorted(
