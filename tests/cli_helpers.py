@@ -135,3 +135,18 @@ def tree_hashes(root):
       with open(path, 'rb') as f:
         out[os.path.relpath(path, root)] = hashlib.sha256(f.read()).hexdigest()
   return out
+
+
+def assert_same_saved_state(a_dir, b_dir, step):
+  """Two runs' checkpoints of `step` are bitwise equal: every saved array (params,
+  optimizer states, RNG keys, a stage's own state) and the data iterator's state."""
+  import jax
+  import numpy as np
+  la = jax.tree_util.tree_leaves_with_path(restore_state(a_dir, step))
+  lb = jax.tree_util.tree_leaves_with_path(restore_state(b_dir, step))
+  assert [p for p, _ in la] == [p for p, _ in lb]
+  for (path, x), (_, y) in zip(la, lb):
+    np.testing.assert_array_equal(x, y, err_msg=str(path))
+  data = [json.loads((pathlib.Path(d) / 'checkpoints' / str(step) / 'data' /
+                      'process_0-of-1.json').read_text()) for d in (a_dir, b_dir)]
+  assert data[0] == data[1]

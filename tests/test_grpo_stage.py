@@ -2,13 +2,11 @@
 sampler and trainer log-probs agree, dynamic sampling replaces groups, and SIGKILL after
 a checkpoint + resume is bitwise the uninterrupted run (sampling keys in the state, the
 prompt iterator in the checkpoint, resampled prompts included)."""
-import json
 import math
 
-import numpy as np
 import pytest
 
-from tests.cli_helpers import kill_at_checkpoint, restore_state, run_cli
+from tests.cli_helpers import assert_same_saved_state, kill_at_checkpoint, restore_state, run_cli
 from tests.grpo_helpers import GRPO, by_step, grpo_start
 
 pytestmark = pytest.mark.slow
@@ -87,17 +85,7 @@ def test_sigkill_then_resume_is_bitwise_identical(start, straight, tmp_path):
     da, db = _deterministic(a[step]), _deterministic(b[step])
     assert da == db, (step, {k: (da.get(k), db.get(k)) for k in set(da) | set(db)
                              if da.get(k) != db.get(k)})
-  import jax
-  la = jax.tree_util.tree_leaves_with_path(restore_state(a_dir, STEPS))
-  lb = jax.tree_util.tree_leaves_with_path(restore_state(killed, STEPS))
-  assert [p for p, _ in la] == [p for p, _ in lb]
-  for (path, x), (_, y) in zip(la, lb):
-    np.testing.assert_array_equal(x, y, err_msg=str(path))
-  with open(a_dir / 'checkpoints' / str(STEPS) / 'data' / 'process_0-of-1.json') as f:
-    data_a = json.load(f)
-  with open(killed / 'checkpoints' / str(STEPS) / 'data' / 'process_0-of-1.json') as f:
-    data_b = json.load(f)
-  assert data_a == data_b
+  assert_same_saved_state(a_dir, killed, STEPS)
 
 
 def test_lora_keeps_the_base_frozen_and_its_kl_starts_at_exactly_0(start, tmp_path):

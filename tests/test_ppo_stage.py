@@ -1,13 +1,11 @@
 """`run.py ppo` end to end (tiny pretrain → tiny reward model → PPO): the metrics PPO
 users know with KL exactly 0 at iteration 0, and a bitwise resume after SIGKILL.
 In-process checks of the stage are in test_ppo_inprocess.py, bad input in test_ppo_cli.py."""
-import json
 import math
 
-import numpy as np
 import pytest
 
-from tests.cli_helpers import kill_at_checkpoint, restore_state, run_cli
+from tests.cli_helpers import assert_same_saved_state, kill_at_checkpoint, restore_state, run_cli
 from tests.ppo_helpers import PPO, by_step, ppo_roles
 
 pytestmark = pytest.mark.slow
@@ -102,15 +100,5 @@ def test_sigkill_then_resume_is_bitwise_identical(roles, straight, tmp_path):
     assert da == db, (step, {k: (da.get(k), db.get(k)) for k in set(da) | set(db)
                              if da.get(k) != db.get(k)})
   # Params, both optimizer states, the RNG key and the KL coefficient: bitwise.
-  import jax
-  la = jax.tree_util.tree_leaves_with_path(restore_state(a_dir, STEPS))
-  lb = jax.tree_util.tree_leaves_with_path(restore_state(killed, STEPS))
-  assert [p for p, _ in la] == [p for p, _ in lb]
-  for (path, x), (_, y) in zip(la, lb):
-    np.testing.assert_array_equal(x, y, err_msg=str(path))
-  with open(a_dir / 'checkpoints' / str(STEPS) / 'data' / 'process_0-of-1.json') as f:
-    data_a = json.load(f)
-  with open(killed / 'checkpoints' / str(STEPS) / 'data' / 'process_0-of-1.json') as f:
-    data_b = json.load(f)
-  assert data_a == data_b
+  assert_same_saved_state(a_dir, killed, STEPS)
 
