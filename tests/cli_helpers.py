@@ -137,6 +137,14 @@ def tree_hashes(root):
   return out
 
 
+TIMING = ('tokens_per_s', 'step_time_s', 'mfu', 'model_tflops_per_device')
+
+
+def deterministic_metrics(record):
+  """A metrics.jsonl record without what the clock decides (times, speeds, MFU)."""
+  return {k: v for k, v in record.items() if not k.startswith('time/') and k not in TIMING}
+
+
 def assert_same_saved_state(a_dir, b_dir, step):
   """Two runs' checkpoints of `step` are bitwise equal: every saved array (params,
   optimizer states, RNG keys, a stage's own state) and the data iterator's state."""

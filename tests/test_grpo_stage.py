@@ -6,7 +6,7 @@ import math
 
 import pytest
 
-from tests.cli_helpers import assert_same_saved_state, kill_at_checkpoint, restore_state, run_cli
+from tests.cli_helpers import assert_same_saved_state, deterministic_metrics, kill_at_checkpoint, restore_state, run_cli
 from tests.grpo_helpers import GRPO, by_step, grpo_start
 
 pytestmark = pytest.mark.slow
@@ -20,11 +20,6 @@ METRICS = ('reward', 'reward_std', 'frac_reward_zero_std', 'rewards/f1/mean', 'r
            'clip_ratio/high_mean', 'clip_ratio/region_mean', 'loss', 'grad_norm', 'lr',
            'time/rollout_s', 'time/training_s', 'sampling/logprob_diff_max',
            'sampling/resampled_groups')
-TIMING = ('tokens_per_s', 'step_time_s', 'mfu', 'model_tflops_per_device')
-
-
-def _deterministic(record):
-  return {k: v for k, v in record.items() if not k.startswith('time/') and k not in TIMING}
 
 
 @pytest.fixture(scope='module')
@@ -82,7 +77,7 @@ def test_sigkill_then_resume_is_bitwise_identical(start, straight, tmp_path):
   a, b = by_step(a_dir), by_step(killed)
   assert sorted(a) == sorted(b) == list(range(1, STEPS + 1))
   for step in range(1, STEPS + 1):
-    da, db = _deterministic(a[step]), _deterministic(b[step])
+    da, db = deterministic_metrics(a[step]), deterministic_metrics(b[step])
     assert da == db, (step, {k: (da.get(k), db.get(k)) for k in set(da) | set(db)
                              if da.get(k) != db.get(k)})
   assert_same_saved_state(a_dir, killed, STEPS)

@@ -5,7 +5,7 @@ import math
 
 import pytest
 
-from tests.cli_helpers import assert_same_saved_state, kill_at_checkpoint, restore_state, run_cli
+from tests.cli_helpers import assert_same_saved_state, deterministic_metrics, kill_at_checkpoint, restore_state, run_cli
 from tests.ppo_helpers import PPO, by_step, ppo_roles
 
 pytestmark = pytest.mark.slow
@@ -17,11 +17,6 @@ METRICS = ('objective/scores', 'objective/kl', 'objective/entropy',
            'policy/clipfrac_avg', 'loss/policy_avg', 'loss/value_avg', 'val/clipfrac_avg',
            'val/ratio', 'response_length', 'end_of_turn_rate', 'time/rollout_s',
            'time/scoring_s', 'time/training_s')
-TIMING = ('tokens_per_s', 'step_time_s', 'mfu', 'model_tflops_per_device')
-
-
-def _deterministic(record):
-  return {k: v for k, v in record.items() if not k.startswith('time/') and k not in TIMING}
 
 
 @pytest.fixture(scope='module')
@@ -96,7 +91,7 @@ def test_sigkill_then_resume_is_bitwise_identical(roles, straight, tmp_path):
   a, b = by_step(a_dir), by_step(killed)  # the file holds each step once after a resume
   assert sorted(a) == sorted(b) == list(range(1, STEPS + 1))
   for step in range(1, STEPS + 1):
-    da, db = _deterministic(a[step]), _deterministic(b[step])
+    da, db = deterministic_metrics(a[step]), deterministic_metrics(b[step])
     assert da == db, (step, {k: (da.get(k), db.get(k)) for k in set(da) | set(db)
                              if da.get(k) != db.get(k)})
   # Params, both optimizer states, the RNG key and the KL coefficient: bitwise.
