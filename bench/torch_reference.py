@@ -5,6 +5,7 @@ grouped-query attention with half-split RoPE through
 `F.scaled_dot_product_attention` (causal), SwiGLU; AdamW with decay on matrices
 only, global-norm clipping, float32. Timed eager and under `torch.compile`.
 """
+import contextlib
 import math
 import time
 
@@ -92,8 +93,9 @@ def count_params(model_cfg):
   return sum(p.numel() for p in Transformer(model_cfg).parameters())
 
 
-def time_train_step(config, compile_model=False, steps=5, seed=0):
-  """Median step time (s) and compile/first-step time of one AdamW step."""
+def make_train_step(config, compile_model=False, seed=0, optimizer_scope=contextlib.nullcontext):
+  """step() -> loss of one AdamW step on a fixed random batch; clipping and the update
+  run inside `optimizer_scope()` (the profile names them)."""
   torch.manual_seed(seed)
   m, train = config.model, config.train
   model = Transformer(m)
@@ -112,10 +114,16 @@ def time_train_step(config, compile_model=False, steps=5, seed=0):
     loss = F.cross_entropy(logits.reshape(-1, m.vocab_size), tokens[:, 1:].reshape(-1))
     opt.zero_grad(set_to_none=True)
     loss.backward()
-    torch.nn.utils.clip_grad_norm_(model.parameters(), train.grad_clip)
-    opt.step()
+    with optimizer_scope():
+      torch.nn.utils.clip_grad_norm_(model.parameters(), train.grad_clip)
+      opt.step()
     return loss.item()
+  return step
 
+
+def time_train_step(config, compile_model=False, steps=5, seed=0):
+  """Median step time (s) and compile/first-step time of one AdamW step."""
+  step = make_train_step(config, compile_model, seed)
   start = time.perf_counter()
   step()
   first = time.perf_counter() - start

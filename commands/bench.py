@@ -7,11 +7,20 @@ from commands import common
 
 WITH_TORCH = flags.DEFINE_bool('with_torch', False, 'Also time the PyTorch peer.')
 PROFILE = flags.DEFINE_bool('profile', False, 'Instead of the speed table, trace the train step '
-                            'and show where its time goes, op by op.')
+                            'and show where its time goes, op by op (with --with_torch: by '
+                            'category, beside the torch.compile peer\'s).')
 
 
 def main(config, workdir):
   from bench import run_bench
+  if PROFILE.value and WITH_TORCH.value:
+    from bench import profile_side_by_side
+    report = profile_side_by_side.side_by_side(
+        config, os.path.abspath(os.path.join(workdir, 'profile')))
+    print(profile_side_by_side.format_table(report))
+    if common.JSON.value:
+      common.print_json(report)
+    return
   if PROFILE.value:
     from bench import step_profile
     report = step_profile.profile(config, os.path.abspath(os.path.join(workdir, 'profile')))

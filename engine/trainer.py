@@ -267,6 +267,21 @@ class Trainer:
       writer.write(step, metrics)
     return metrics
 
+  def _finite_loss(self, step, metrics):
+    """The step's loss as a float; a NaN or infinite one is a UserError naming the
+    last good checkpoint."""
+    loss = float(metrics['loss'])
+    if not math.isfinite(loss):
+      kept = self.manager.latest_step()
+      raise UserError(f'loss is {loss} at step {step}; '
+                      + (f'the last good checkpoint (step {kept}) is kept; '
+                         if kept is not None else '')
+                      + ('lower train.learning_rate (train.grad_clip='
+                         f'{self.config.train.grad_clip} is on), and check the data for '
+                         'extreme values' if self.config.train.grad_clip > 0 else
+                         'lower train.learning_rate or enable train.grad_clip (e.g. 1.0)'))
+    return loss
+
   def _loop(self):
     stage, config, train_cfg = self.stage, self.config, self.config.train
     if stage.make_step_fn:  # a stage that runs more than one update per step (PPO)
@@ -286,8 +301,9 @@ class Trainer:
         unit='step', dynamic_ncols=True,
         mininterval=1.0 if sys.stderr.isatty() else 30.0)  # logs, not a screen: fewer lines
     window_start, window_steps = time.perf_counter(), 0
+    loop_start = window_start
     eval_metrics, eval_step = None, None
-    step, stopping = start, None
+    step, stopping, pending = start, None, None
     if start == 0:  # every process evaluates (collectives); only process 0 writes
       eval_metrics, eval_step = self._evaluate(0, writer), 0
     while step < train_cfg.steps:
@@ -296,22 +312,22 @@ class Trainer:
       batch = make_global_batch(rows, stage.mesh)
       self.state, metrics = step_fn(self.state, stage.frozen, batch)
       step += 1
-      loss = float(metrics['loss'])
-      if not math.isfinite(loss):
-        kept = self.manager.latest_step()
-        raise UserError(f'loss is {loss} at step {step}; '
-                        + (f'the last good checkpoint (step {kept}) is kept; '
-                           if kept is not None else '')
-                        + ('lower train.learning_rate (train.grad_clip='
-                           f'{self.config.train.grad_clip} is on), and check the data for '
-                           'extreme values' if self.config.train.grad_clip > 0 else
-                           'lower train.learning_rate or enable train.grad_clip (e.g. 1.0)'))
+      # The loss is read one step late, once the next step is queued: the host fetches
+      # the next batch while the devices compute. A step that logs, evaluates or saves
+      # reads its own before doing so.
+      if pending is not None:
+        self._finite_loss(*pending)
+      pending = (step, metrics)
       window_steps += 1
       progress.update(1)
       if step == start + 1:  # the first step compiles; keep it out of the speed numbers
         window_start, window_steps = time.perf_counter(), 0
       if step % train_cfg.log_every == 0 or step == train_cfg.steps:
+        loss, pending = self._finite_loss(step, metrics), None
         values = {k: float(v) for k, v in metrics.items() if k != 'tokens'}
+        # wall time since this process began training (compile, evaluations and saves
+        # included): bench/quality_vs_time.py puts quality against it
+        values['time/elapsed_s'] = time.perf_counter() - loop_start
         if stage.loss_is_nll:
           values['perplexity'] = math.exp(min(loss, 50.0))
         if window_steps:  # speed over the steps since the last line (compile excluded)
@@ -326,6 +342,9 @@ class Trainer:
         window_start, window_steps = time.perf_counter(), 0
       if ((train_cfg.eval_every and step % train_cfg.eval_every == 0)
           or step == train_cfg.steps):
+        if pending is not None:
+          self._finite_loss(*pending)
+          pending = None
         eval_metrics, eval_step = self._evaluate(step, writer), step
         if self.is_primary and eval_metrics and 'eval_loss' in eval_metrics:
           progress.write(f'step {step}: eval_loss {eval_metrics["eval_loss"]:.4f} '
@@ -342,6 +361,9 @@ class Trainer:
         storage.quiet_after_failure()
       stopping, due_by_time = agree(stop.signal, due_by_time, failure)
       if due_by_steps or due_by_time or step == train_cfg.steps or stopping or stop_here:
+        if pending is not None:  # never save the state of a step whose loss is not finite
+          self._finite_loss(*pending)
+          pending = None
         self.save(step, force=True)
         last_save_time = time.time()
       if stopping or stop_here:

@@ -120,3 +120,48 @@ def test_microbatch_timing_measures_every_count_in_alternating_rounds():
   rows = microbatch_timing.measure(cfg, [1, 2], rounds=2, steps=1)
   assert [(r['microbatches'], r['round']) for r in rows] == [(1, 0), (2, 0), (1, 1), (2, 1)]
   assert all(r['tokens_per_s'] > 0 and 0 < r['mfu'] and r['step_s'] > 0 for r in rows)
+
+
+def test_side_by_side_profile_finds_every_part_of_both_steps(tmp_path):
+  """Each category holds time on both sides (matmuls, attention, norms, loss and the
+  optimizer are all found in the trace), and each side adds up to its step time."""
+  pytest.importorskip('torch')
+  from bench import profile_side_by_side
+  cfg = tiny.get_config()
+  cfg.train.batch_size, cfg.train.microbatches = 8, 1  # the test mesh has 8 devices
+  report = profile_side_by_side.side_by_side(cfg, str(tmp_path / 'trace'), steps=1)
+  for side in ('ours', 'torch_compile'):
+    parts = report[side]
+    assert sum(parts.values()) == pytest.approx(report[f'{side}_step_s'], rel=1e-9)
+    for category in ('matmul', 'attention', 'norm/activation', 'loss', 'optimizer'):
+      assert parts[category] > 0, (side, category, parts)
+  table = profile_side_by_side.format_table(report)
+  assert table.count('\n') == len(profile_side_by_side.CATEGORIES) + 2
+
+
+def test_speedrun_sweep_scores_out_of_domain_text_the_corpus_never_had(tmp_path):
+  """The OOD files hold every conversation of the chosen instruction tasks, and none
+  of their text is a document of the pretraining corpus."""
+  import json
+  import os
+  from bench import speedrun_sweep
+  paths = speedrun_sweep.ood_texts(str(tmp_path))
+  corpus = os.path.join(speedrun_sweep.REPO, 'data_pipeline', 'corpus')
+  documents = set()
+  for name in os.listdir(corpus):
+    if name.endswith('.jsonl'):
+      with open(os.path.join(corpus, name), encoding='utf-8') as f:
+        documents |= {json.loads(line)['text'] for line in f}
+  expected = {'en': 0, 'zh': 0}
+  for name in os.listdir(speedrun_sweep.INSTRUCTIONS):
+    if name.endswith('.jsonl'):
+      with open(os.path.join(speedrun_sweep.INSTRUCTIONS, name), encoding='utf-8') as f:
+        for record in map(json.loads, f):
+          for lang, tasks in speedrun_sweep.OOD_TASKS.items():
+            expected[lang] += record['task'] in tasks
+  for lang, path in paths.items():
+    with open(path, encoding='utf-8') as f:
+      texts = [json.loads(line)['text'] for line in f]
+    assert len(texts) == expected[lang] > 100
+    assert not documents & set(texts)
+  assert speedrun_sweep.RECIPES['now'] == []  # the preset itself
