@@ -18,13 +18,11 @@ step: each side's categories are scaled to add up to its measured step time.
 """
 import collections
 import re
-import statistics
-import time
-
 import jax
 
 from bench import step_profile
 from bench import synthetic
+from bench import timing
 
 CATEGORIES = ('matmul', 'attention', 'norm/activation', 'loss', 'optimizer', 'other')
 _FRAME = re.compile(r'stack_frame_id=(\d+)')
@@ -101,24 +99,21 @@ def profile_jax(config, trace_dir, steps=3):
     compiled = step_fn.jitted.lower(state, batch).compile()
     text = compiled.as_text()
     hlo, stacks = step_profile.OptimizedHlo(text), CallStacks(text)
-    for _ in range(2):
-      state, metrics = compiled(state, batch)
-    jax.block_until_ready(metrics)
-    times = []
-    for _ in range(steps):
-      start = time.perf_counter()
-      state, metrics = compiled(state, batch)
+    live = {'state': state}
+
+    def one_step():
+      live['state'], metrics = compiled(live['state'], batch)
       jax.block_until_ready(metrics)
-      times.append(time.perf_counter() - start)
+
+    one_step()
+    step_s = timing.median_seconds(one_step, steps)
     jax.profiler.start_trace(trace_dir)
     for _ in range(steps):
-      state, metrics = compiled(state, batch)
-    jax.block_until_ready(metrics)
+      one_step()
     jax.profiler.stop_trace()
   seconds = collections.Counter()
   for name, (op_s, _) in step_profile._op_times(trace_dir, steps).items():
     seconds[jax_category(hlo, stacks, name)] += op_s
-  step_s = statistics.median(times)
   return scaled(seconds, step_s), step_s
 
 
@@ -159,20 +154,14 @@ def profile_torch(config, steps=3):
   inductor_config.cpp.enable_kernel_profile = True  # each fused kernel is its own event
   step = torch_reference.make_train_step(config, compile_model=True,
                                          optimizer_scope=lambda: record_function('optimizer'))
-  for _ in range(2):
-    step()
-  times = []
-  for _ in range(steps):
-    start = time.perf_counter()
-    step()
-    times.append(time.perf_counter() - start)
+  step()
+  step_s = timing.median_seconds(step, steps)
   with profile(activities=[ProfilerActivity.CPU]) as prof:
     for _ in range(steps):
       step()
   seconds = collections.Counter()
   for event in prof.events():
     seconds[torch_category(event)] += event.self_cpu_time_total / 1e6 / steps
-  step_s = statistics.median(times)
   seconds['other'] += max(0.0, step_s - sum(seconds.values()))  # Python, autograd engine
   return scaled(seconds, step_s), step_s
 
