@@ -155,10 +155,11 @@ def _damage(step_dir, how):
   if how == 'metadata':
     open(os.path.join(step_dir, 'meta', 'metadata'), 'w').close()
     return
-  if how == 'truncated':  # every data file: which one holds the params varies per save
+  if how == 'truncated':  # every data file: which one holds the params varies per save,
+    # and halving one can leave the bytes a restore reads intact; none can stay whole
     data = os.path.join(step_dir, 'state', 'ocdbt.process_0', 'd')
     for name in os.listdir(data):
-      os.truncate(os.path.join(data, name), os.path.getsize(os.path.join(data, name)) // 2)
+      os.truncate(os.path.join(data, name), 0)
     return
   # Silent corruption that no file size or parser sees: one parameter value changed and the
   # state rewritten as valid Orbax files, the metadata (with the fingerprints) kept.
