@@ -32,10 +32,11 @@ INSTRUCTIONS = os.path.join(REPO, 'data_pipeline', 'instructions')
 OOD_TASKS = {'en': ('word_definition', 'chat_en', 'translate_en_zh'),
              'zh': ('idiom_meaning', 'idiom_pinyin', 'chat_zh', 'translate_zh_en')}
 
-# configs/tiny.py before this sweep (1,500 steps at 3e-3, attention block 64); every
-# sweep recipe below is that plus its own changes, as they were run.
-BEFORE = ['--config.train.learning_rate=3e-3', '--config.model.attention_block=64',
-          '--config.train.steps=1500']
+# configs/tiny.py before the first sweep (AdamW: 1,500 steps at 3e-3, warmup 50, attention
+# block 64); every SWEEP recipe below is that plus its own changes, as they were run.
+BEFORE = ['--config.train.optimizer=adamw', '--config.train.learning_rate=3e-3',
+          '--config.train.warmup_steps=50', '--config.train.weight_decay=0.1',
+          '--config.model.attention_block=64', '--config.train.steps=1500']
 D192 = ['--config.model.d_model=192', '--config.model.mlp_dim=512', '--config.model.num_heads=6']
 BATCH32 = ['--config.train.batch_size=32', '--config.train.microbatches=8',
            '--config.train.steps=750']
@@ -70,8 +71,65 @@ SWEEP = {
                                   '--config.model.attention_block=32',
                                   '--config.train.steps=1600'],
 }
-RECIPES = {'before': BEFORE, 'now': [], 'now_seed1': ['--config.seed=1'],
-           **{name: BEFORE + changes for name, changes in SWEEP.items()}}
+# configs/tiny.py between the two sweeps: AdamW at 2e-3, attention block 32.
+ADAMW = BEFORE + ['--config.train.learning_rate=2e-3', '--config.model.attention_block=32']
+# The second sweep: Muon on the hidden kernels (AdamW keeps the embedding, head and norms,
+# at train.learning_rate), each recipe ADAMW plus its changes, as they were run.
+MUON = ['--config.train.optimizer=muon', '--config.train.muon_learning_rate=0.02',
+        '--config.train.muon_ns_steps=5']
+MUON3 = MUON + ['--config.train.muon_learning_rate=0.005', '--config.train.muon_ns_steps=3',
+                '--config.train.steps=1400']
+MUON_SWEEP = {
+    'muon_lr0.02': MUON,
+    'muon_lr0.04': MUON + ['--config.train.muon_learning_rate=0.04'],
+    'muon_lr0.01': MUON + ['--config.train.muon_learning_rate=0.01'],
+    'muon_lr0.005': MUON + ['--config.train.muon_learning_rate=0.005'],
+    'muon_lr0.003': MUON + ['--config.train.muon_learning_rate=0.003'],
+    'muon_lr0.005_ns3': MUON + ['--config.train.muon_learning_rate=0.005',
+                                '--config.train.muon_ns_steps=3'],
+    'muon_lr0.005_batch32': MUON + ['--config.train.muon_learning_rate=0.005',
+                                    '--config.train.batch_size=32',
+                                    '--config.train.microbatches=8', '--config.train.steps=750'],
+    'muon_lr0.0075_1350': MUON + ['--config.train.muon_learning_rate=0.0075',
+                                  '--config.train.steps=1350'],
+    'muon_lr0.01_1350': MUON + ['--config.train.muon_learning_rate=0.01',
+                                '--config.train.steps=1350'],
+    'muon3_1400': MUON3,
+    'muon3_1400_decay_to_0': MUON3 + ['--config.train.min_lr_ratio=0.0'],
+    'muon3_1400_adam4e-3': MUON3 + ['--config.train.learning_rate=4e-3'],
+    'muon3_1400_adam6e-3': MUON3 + ['--config.train.learning_rate=6e-3'],
+    'muon3_1400_adam4e-3_seed1': MUON3 + ['--config.train.learning_rate=4e-3', '--config.seed=1'],
+    'muon3_1400_adam4e-3_wd0': MUON3 + ['--config.train.learning_rate=4e-3',
+                                        '--config.train.weight_decay=0.0'],
+    'muon3_1400_adam4e-3_warm20': MUON3 + ['--config.train.learning_rate=4e-3',
+                                           '--config.train.warmup_steps=20'],
+    'muon3_1400_adam4e-3_muon4e-3': MUON3 + ['--config.train.learning_rate=4e-3',
+                                             '--config.train.muon_learning_rate=0.004'],
+    'muon3_1400_adam4e-3_muon6e-3': MUON3 + ['--config.train.learning_rate=4e-3',
+                                             '--config.train.muon_learning_rate=0.006'],
+}
+# 'now' is today's configs/tiny.py: ADAMW with Muon at 8e-3 for 1,400 steps (2 AOL
+# Newton-Schulz iterations), AdamW at 4e-3, warmup 20 and no weight decay.
+RECIPES = {'before': BEFORE, 'adamw': ADAMW, 'adamw_seed1': ADAMW + ['--config.seed=1'],
+           'now': [], 'now_seed1': ['--config.seed=1'],
+           # Muon at 6e-3 (the second sweep's best), then the iteration variants of it.
+           'muon6e-3': ['--config.train.muon_learning_rate=6e-3'],
+           'muon6e-3_seed1': ['--config.train.muon_learning_rate=6e-3', '--config.seed=1'],
+           'muon6e-3_ns3': ['--config.train.muon_learning_rate=6e-3',
+                            '--config.train.muon_ns_steps=3',
+                            '--config.train.muon_preconditioning=frobenius'],
+           'muon6e-3_ns3_seed1': ['--config.train.muon_learning_rate=6e-3', '--config.seed=1',
+                                  '--config.train.muon_ns_steps=3',
+                                  '--config.train.muon_preconditioning=frobenius'],
+           'muon6e-3_ns2_frobenius': ['--config.train.muon_learning_rate=6e-3',
+                                      '--config.train.muon_preconditioning=frobenius'],
+           'muon6e-3_seed1_min_lr0.3': ['--config.train.muon_learning_rate=6e-3',
+                                        '--config.seed=1', '--config.train.min_lr_ratio=0.3'],
+           'muon6e-3_seed1_beta0.9': ['--config.train.muon_learning_rate=6e-3',
+                                      '--config.seed=1', '--config.train.muon_beta=0.9'],
+           'muon1e-2_seed1': ['--config.train.muon_learning_rate=1e-2', '--config.seed=1'],
+           **{name: BEFORE + changes for name, changes in SWEEP.items()},
+           **{name: ADAMW + changes for name, changes in MUON_SWEEP.items()}}
 
 
 def ood_texts(out_dir):

@@ -9,9 +9,10 @@ import ml_collections
 def _stage(*, steps, batch_size, learning_rate, warmup_steps, weight_decay, eval_every,
            eval_batches, save_every_steps, seq_len, log_every=10, microbatches=1):
   """A post-training stage's own training keys (they replace train.*, checkpoint.*,
-  data.seq_len of the pretraining config when that stage runs)."""
+  data.seq_len of the pretraining config when that stage runs). Every stage fine-tunes
+  with AdamW, whichever optimizer pretrained the model."""
   return ml_collections.ConfigDict({
-      'train': {'steps': steps, 'batch_size': batch_size, 'learning_rate': learning_rate,
+      'train': {'optimizer': 'adamw', 'steps': steps, 'batch_size': batch_size, 'learning_rate': learning_rate,
                 'warmup_steps': warmup_steps, 'weight_decay': weight_decay,
                 'eval_every': eval_every, 'eval_batches': eval_batches, 'log_every': log_every,
                 'microbatches': microbatches},
@@ -76,7 +77,12 @@ def get_config():
   train.stop_after = 0  # exit after this step with a checkpoint (time-limited jobs); 0 = off
   train.batch_size = 16  # global batch, in packed rows
   train.microbatches = 1  # gradient accumulation: batch_size is split into this many
-  train.learning_rate = 1e-3  # peak learning rate
+  train.optimizer = 'adamw'  # or 'muon': Muon on hidden kernels, AdamW on the rest
+  train.learning_rate = 1e-3  # peak learning rate (AdamW's; with muon, for the rest)
+  train.muon_learning_rate = 0.02  # Muon's peak rate for hidden kernels
+  train.muon_beta = 0.95  # Muon's momentum
+  train.muon_ns_steps = 5  # Newton-Schulz iterations per update
+  train.muon_preconditioning = 'frobenius'  # before them: 'frobenius' or 'aol' (one step fewer)
   train.warmup_steps = 100  # linear warmup from 0 to the peak
   train.min_lr_ratio = 0.1  # cosine decays to peak * this at the last step
   train.weight_decay = 0.1  # AdamW decay; never applied to norms and biases

@@ -136,6 +136,13 @@ def check_compatible(meta, config, tokenizer, stage='pretrain'):
       raise ResumeConflict(f'model.{field}={config.model[field]} but the checkpoint was '
                            f'trained with {saved.get(field)}',
                            'use the checkpoint\'s value, a new workdir, or --noresume')
+  # The optimizer state's structure follows the optimizer (checkpoints from before
+  # train.optimizer existed are AdamW's).
+  saved_optimizer = meta['config'].get('train', {}).get('optimizer', 'adamw')
+  if saved_optimizer != config.train.optimizer:
+    raise ResumeConflict(f'train.optimizer={config.train.optimizer} but the checkpoint was '
+                         f'trained with {saved_optimizer}',
+                         'use the checkpoint\'s value, a new workdir, or --noresume')
   if meta.get('tokenizer_fingerprint') not in (None, tokenizer.fingerprint):
     raise ResumeConflict('the tokenizer differs from the one the checkpoint was trained with',
                          'restore the original tokenizer or use a new workdir')

@@ -39,9 +39,13 @@ class ModelSpec:
 
 def state_shardings(param_shardings, tx, abstract_state, mesh):
   replicated = NamedSharding(mesh, PartitionSpec())
+  # A partitioned optimizer (Muon's AdamW half) holds MaskedNode, an empty subtree, where
+  # the other half owns the param: it stays as it is, with no sharding of its own.
+  masked = lambda x: isinstance(x, optax.MaskedNode)
   opt = optax.tree_map_params(
-      tx, lambda _, sharding: sharding, abstract_state['opt_state'], param_shardings,
-      transform_non_params=lambda _: replicated)
+      tx, lambda leaf, sharding: leaf if masked(leaf) else sharding,
+      abstract_state['opt_state'], param_shardings,
+      transform_non_params=lambda _: replicated, is_leaf=masked)
   shardings = {'step': replicated, 'params': param_shardings, 'opt_state': opt}
   if 'extra' in abstract_state:  # a stage's own state (RNG key, controllers): replicated
     shardings['extra'] = jax.tree.map(lambda _: replicated, abstract_state['extra'])

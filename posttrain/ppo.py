@@ -58,6 +58,9 @@ def two_part_optimizer(train_cfg, critic_lr_ratio):
   norm, AdamW (moments are per parameter anyway), the critic's step scaled to its
   learning rate. One optax chain over {'actor', 'critic'} rather than multi_transform,
   whose masked states do not map onto per-parameter shardings."""
+  if train_cfg.optimizer != 'adamw':
+    raise UserError(f'train.optimizer={train_cfg.optimizer}: PPO trains with adamw only; '
+                    'drop the flag')
   parts = []
   if train_cfg.grad_clip > 0:
     def clip(_, u):

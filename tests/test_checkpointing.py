@@ -14,8 +14,9 @@ from engine import train_state
 from tests.cli_helpers import fresh_workdir, run_cli
 
 
-def _setup(mesh_axes, devices):
+def _setup(mesh_axes, devices, optimizer_name='adamw'):
   config = tiny.get_config()
+  config.train.optimizer = optimizer_name
   for axis, size in {'data': 1, 'fsdp': 1, 'tensor': 1, **mesh_axes}.items():
     config.mesh[axis] = size
   mesh = mesh_lib.make_mesh(config.mesh, devices)
@@ -23,9 +24,14 @@ def _setup(mesh_axes, devices):
   return config, spec, optimizer.make_optimizer(config.train)
 
 
-def test_restore_onto_a_different_mesh(tmp_path):
-  config, spec, tx = _setup({'fsdp': 4, 'data': 2}, jax.devices())
+@pytest.mark.parametrize('optimizer_name', ['adamw', 'muon'])
+def test_restore_onto_a_different_mesh(tmp_path, optimizer_name):
+  config, spec, tx = _setup({'fsdp': 4, 'data': 2}, jax.devices(), optimizer_name)
   state, _ = train_state.create_train_state(spec, tx, seed=3)
+  # One update, so the optimizer state holds more than its zeros.
+  grads = jax.tree.map(lambda p: jax.numpy.full_like(p, 0.01), state['params'])
+  _, opt_state = tx.update(grads, state['opt_state'], state['params'])
+  state = dict(state, opt_state=opt_state)
   manager = checkpointing.make_manager(str(tmp_path), config.checkpoint)
   checkpointing.save(manager, 1, state, {'next': 1}, {'config': {}}, force=True)
   manager.wait_until_finished()
@@ -33,7 +39,7 @@ def test_restore_onto_a_different_mesh(tmp_path):
   for axes, devices in [({'data': 2, 'tensor': 2}, jax.devices()[:4]),
                         ({}, jax.devices()[:1]),
                         ({'data': 2, 'fsdp': 2, 'tensor': 2}, jax.devices())]:
-    _, other_spec, other_tx = _setup(axes, devices)
+    _, other_spec, other_tx = _setup(axes, devices, optimizer_name)
     abstract, _ = train_state.abstract_train_state(other_spec, other_tx)
     restored, data_state, _ = checkpointing.restore(manager, 1, abstract)
     assert data_state == {'next': 1}

@@ -143,10 +143,11 @@ def test_every_numeric_key_of_base_has_its_domain():
   keys = [k for k in _numeric_keys(config) if not k.startswith(('pipeline.', 'mesh.'))]
   assert keys and not [k for k in keys if k not in validate.DOMAINS]
   assert not [k for k in validate.DOMAINS if k not in keys]  # no stale entries
-  # The pipeline's per-stage keys are keys the domains name (they replace them).
+  # The pipeline's per-stage keys are keys the domains or choices name (they replace them).
+  checked = {**validate.DOMAINS, **validate.CHOICES}
   for stage, sections in config.pipeline.items():
     for section, values in sections.items():
-      assert all(f'{section}.{k}' in validate.DOMAINS for k in values), (stage, section)
+      assert all(f'{section}.{k}' in checked for k in values), (stage, section)
   validate.validate(config)  # every default is inside its domain
 
 

@@ -8,7 +8,8 @@ def test_shaping_keys_hold_what_changes_the_result_and_nothing_that_only_runs_it
   config = tiny.get_config()
   pretrain = pipeline_record.shaping_keys('pretrain', stages.for_stage(config, 'pretrain'))
   sft = pipeline_record.shaping_keys('sft', stages.for_stage(config, 'sft'))
-  assert pretrain['train.learning_rate'] == 2e-3 and pretrain['model.d_model'] == 128
+  assert pretrain['train.learning_rate'] == 4e-3 and pretrain['model.d_model'] == 128
+  assert (pretrain['train.optimizer'], pretrain['train.muon_learning_rate']) == ('muon', 8e-3)
   assert sft['train.learning_rate'] == config.pipeline.sft.train.learning_rate
   for keys in (pretrain, sft):
     # how a step is run or logged: free to change on a re-run

@@ -10,6 +10,7 @@ import time
 import numpy as np
 import pytest
 
+from configs import tiny
 from tests.cli_helpers import REPO, fresh_workdir, kill_at_checkpoint, run_cli, start_cli
 
 pytestmark = pytest.mark.slow
@@ -134,14 +135,20 @@ def test_pretrain_user_errors(tiny_workdir, tmp_path):
                  '--noresume').returncode == 0
   _one_line_error(run_cli('pretrain', *FAST, f'--workdir={workdir}', '--config.train.steps=4',
                           '--config.model.num_layers=3'), 'model.num_layers=3')
+  trained = tiny.get_config().train.optimizer
+  other = {'adamw': 'muon', 'muon': 'adamw'}[trained]
+  _one_line_error(run_cli('pretrain', *FAST, f'--workdir={workdir}', '--config.train.steps=4',
+                          f'--config.train.optimizer={other}'),
+                  f'train.optimizer={other} but the checkpoint was trained with {trained}')
   before = sorted(os.listdir(os.path.join(workdir, 'checkpoints')))
   assert before == ['2']
 
 
-def test_verify_resume_command_passes(tiny_workdir, tmp_path):
+@pytest.mark.parametrize('optimizer_name', ['adamw', 'muon'])
+def test_verify_resume_command_passes(tiny_workdir, tmp_path, optimizer_name):
   workdir = _fresh(tiny_workdir, tmp_path)
   result = run_cli('pretrain', '--verify_resume', *FAST, f'--workdir={workdir}',
-                   '--config.train.steps=8')
+                   '--config.train.steps=8', f'--config.train.optimizer={optimizer_name}')
   assert result.returncode == 0, result.stderr[-2000:]
   assert 'verify_resume: PASS: steps 5..8 after a restart at step 4' in result.stdout
 

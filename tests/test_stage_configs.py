@@ -43,7 +43,9 @@ def test_a_stage_config_takes_its_pipeline_keys_and_keeps_the_rest():
   assert (staged.train.steps, staged.data.seq_len) == (7, 200)
   assert staged.train.learning_rate == config.pipeline.sft.train.learning_rate
   # Untouched: pretraining's own keys, the model, and every other stage's keys.
-  assert (config.train.steps, config.data.seq_len) == (1500, 128)
+  assert (config.train.steps, config.data.seq_len) == (tiny.get_config().train.steps, 128)
+  # Pretraining's optimizer stays pretraining's: every stage fine-tunes with AdamW.
+  assert (config.train.optimizer, staged.train.optimizer) == ('muon', 'adamw')
   assert staged.model.to_dict() == config.model.to_dict()
   assert staged.train.b2 == config.train.b2 and staged.ppo.to_dict() == config.ppo.to_dict()
   assert stages.for_stage(config, 'pretrain').to_dict() == config.to_dict()

@@ -41,10 +41,13 @@ def _one_step(config, devices, batch):
           jax.device_get(grads), float(ce / count))
 
 
-def test_sharded_step_equals_single_device():
+@pytest.mark.parametrize('optimizer_name', ['adamw', 'muon'])
+def test_sharded_step_equals_single_device(optimizer_name):
   assert len(jax.devices()) == 8
   single = mesh_config()
   sharded = mesh_config(data=2, fsdp=2, tensor=2)
+  for config in (single, sharded):
+    config.train.optimizer = optimizer_name
   batch = _batch(single)
   p1, m1, g1, l1 = _one_step(single, jax.devices()[:1], batch)
   p8, m8, g8, l8 = _one_step(sharded, jax.devices(), batch)
@@ -53,7 +56,9 @@ def test_sharded_step_equals_single_device():
   assert_trees_close(g1, g8, rtol=1e-5)
   # Adam divides by sqrt(v): a gradient entry near 0 turns reduction-order noise
   # into a visible step, so updated params agree to a fraction of one lr step.
-  assert_updates_agree(p1, p8, single.train.learning_rate)
+  lr = max(single.train.learning_rate,
+           single.train.muon_learning_rate if optimizer_name == 'muon' else 0)
+  assert_updates_agree(p1, p8, lr)
   assert m1['tokens'] == 8 * 64 - 5
 
 
