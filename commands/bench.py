@@ -4,6 +4,7 @@ import os
 from absl import flags
 
 from commands import common
+from configs.errors import UserError
 
 WITH_TORCH = flags.DEFINE_bool('with_torch', False, 'Also time the PyTorch peer.')
 PROFILE = flags.DEFINE_bool('profile', False, 'Instead of the speed table, trace the train step '
@@ -13,6 +14,11 @@ PROFILE = flags.DEFINE_bool('profile', False, 'Instead of the speed table, trace
 
 def main(config, workdir):
   from bench import run_bench
+  if WITH_TORCH.value and config.train.optimizer != 'adamw':
+    # The peer steps torch.optim.AdamW: timing Muon against it compares two updates.
+    raise UserError(f'--with_torch times the PyTorch peer\'s AdamW step, but '
+                    f'train.optimizer={config.train.optimizer}; add '
+                    '--config.train.optimizer=adamw to compare the same update')
   if PROFILE.value and WITH_TORCH.value:
     from bench import profile_side_by_side
     report = profile_side_by_side.side_by_side(

@@ -246,8 +246,19 @@ def install_quiet_hooks():
   sys.excepthook = lambda t, e, tb: None if closed_loop(e) else default_excepthook(t, e, tb)
   sys.unraisablehook = lambda u: None if closed_loop(u.exc_value) or abandoned_read(u) \
       else default_unraisable(u)
+  def storage_error_in_orbax_thread(args):
+    """An Orbax save thread that died on the storage (connection refused, disk gone):
+    Orbax logs it in one line and the main thread's save reports it as the error line,
+    so its traceback would only repeat them."""
+    tb, frames = args.exc_traceback, []
+    while tb is not None:
+      frames.append(tb.tb_frame.f_code.co_filename)
+      tb = tb.tb_next
+    return isinstance(args.exc_value, OSError) and any('/orbax/' in f for f in frames)
+
   default_thread_hook = threading.excepthook
-  threading.excepthook = lambda a: None if closed_loop(a.exc_value) else default_thread_hook(a)
+  threading.excepthook = lambda a: None if closed_loop(a.exc_value) or \
+      storage_error_in_orbax_thread(a) else default_thread_hook(a)
 
 
 def quiet_after_failure():

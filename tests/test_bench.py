@@ -73,6 +73,7 @@ def test_profile_sees_every_matmul_of_the_train_step(tmp_path, microbatches):
   import jax
   from bench import step_profile
   cfg = tiny.get_config()
+  cfg.train.optimizer = 'adamw'  # Muon's Newton-Schulz iterations are matmuls of their own
   cfg.train.microbatches = microbatches
   cfg.train.batch_size = 8 * microbatches  # each microbatch: one row per simulated device
   m, b, t = cfg.model, cfg.train.batch_size, cfg.data.seq_len
@@ -129,6 +130,7 @@ def test_side_by_side_profile_finds_every_part_of_both_steps(tmp_path):
   from bench import profile_side_by_side
   cfg = tiny.get_config()
   cfg.train.batch_size, cfg.train.microbatches = 8, 1  # the test mesh has 8 devices
+  cfg.train.optimizer = 'adamw'  # the peer's update
   report = profile_side_by_side.side_by_side(cfg, str(tmp_path / 'trace'), steps=1)
   for side in ('ours', 'torch_compile'):
     parts = report[side]
@@ -165,3 +167,12 @@ def test_speedrun_sweep_scores_out_of_domain_text_the_corpus_never_had(tmp_path)
     assert len(texts) == expected[lang] > 100
     assert not documents & set(texts)
   assert speedrun_sweep.RECIPES['now'] == []  # the preset itself
+
+
+def test_with_torch_refuses_an_optimizer_the_peer_does_not_run(tmp_path):
+  from tests.cli_helpers import run_cli
+  result = run_cli('bench', '--config=configs/tiny.py', '--with_torch', f'--workdir={tmp_path}')
+  assert result.returncode == 2, result.stderr[-2000:]
+  last = result.stderr.strip().splitlines()[-1]
+  assert last.startswith('error: ') and 'add --config.train.optimizer=adamw' in last
+  assert "Traceback" not in result.stderr

@@ -17,6 +17,9 @@ def _diverge(tiny_workdir, path, *overrides):
   workdir = fresh_workdir(tiny_workdir, path)
   result = run_cli('pretrain', '--config=configs/tiny.py', f'--workdir={workdir}',
                    '--config.train.steps=60', '--config.train.batch_size=4',
+                   # AdamW with decay: at this rate the decoupled decay overflows the params
+                   # (Muon keeps its own rate; without decay the loss saturates at log V)
+                   '--config.train.optimizer=adamw', '--config.train.weight_decay=0.1',
                    '--config.train.warmup_steps=1', '--config.train.learning_rate=1e6',
                    '--config.train.grad_clip=0', '--config.train.eval_every=0',
                    '--config.checkpoint.keep=100', '--config.train.peak_tflops=1', *overrides)

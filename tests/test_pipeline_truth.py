@@ -97,7 +97,9 @@ def test_a_stage_folder_trained_by_its_command_is_continued_only_with_its_settin
   assert result.returncode == 2, result.stderr[-2000:]
   line = result.stderr.strip().splitlines()[-1]
   assert line.startswith('error: ') and 'trained with other settings' in line, line
-  assert 'train.steps 2 -> 40' in line, line
+  # `run.py sft --config=configs/tiny.py` trains with tiny's own train.* (Muon, 4e-3), the
+  # pipeline's SFT with pipeline.sft's (AdamW, 1e-3, 40 steps): the first three named.
+  assert "train.optimizer 'muon' -> 'adamw'" in line and 'and 1 more' in line, line
   assert tree_hashes(workdir) == before
 
 
