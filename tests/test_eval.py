@@ -44,7 +44,6 @@ def test_perplexity_equals_an_independent_cross_entropy(trained, tmp_path):
   import jax
   from flax import nnx
   from configs import tiny
-  from data_pipeline import tokenizer as tokenizer_lib
   from engine import restore_params
   texts = ['The answer is 42.', '床前明月光，疑是地上霜。', 'A short line of English text']
   path = tmp_path / 'docs.jsonl'

@@ -1,6 +1,5 @@
 """One vocabulary knob, and stage configs that equal the pipeline's."""
 import json
-import os
 
 import pytest
 
