@@ -66,15 +66,17 @@ def fresh_workdir(prepared_workdir, path):
   return pathlib.Path(path)
 
 
+# AdamW at 2e-3 for tiny_pretrain: a barely trained model whose answers still vary with the
+# prompt, as the post-training and serving tests need (10 steps of tiny's Muon already
+# collapse it to one or two answers). A test resuming its checkpoint passes these too.
+START_OPTIMIZER = ('--config.train.optimizer=adamw', '--config.train.learning_rate=2e-3')
+
+
 def tiny_pretrain(prepared_workdir, path):
   """A fresh workdir at `path` pretrained for 10 tiny steps (checkpoint 10): the start
   of the post-training tests."""
   p = fresh_workdir(prepared_workdir, path)
-  # AdamW at 2e-3: a barely trained model whose answers still vary with the prompt, as the
-  # post-training and serving tests need (10 steps of tiny's Muon already collapse it to
-  # one or two answers).
-  result = run_cli('pretrain', '--config=configs/tiny.py', f'--workdir={p}',
-                   '--config.train.optimizer=adamw', '--config.train.learning_rate=2e-3',
+  result = run_cli('pretrain', '--config=configs/tiny.py', f'--workdir={p}', *START_OPTIMIZER,
                    '--config.train.steps=10', '--config.train.batch_size=4',
                    '--config.train.eval_every=0', '--config.checkpoint.save_every_steps=10',
                    '--config.train.peak_tflops=1')

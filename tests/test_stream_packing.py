@@ -119,7 +119,7 @@ def test_loader_batches_equal_the_per_document_pipeline(tiny_workdir, tiny_confi
 def test_a_checkpoint_with_an_older_data_state_resumes_its_weights(tiny_workdir, tmp_path):
   """A checkpoint whose data state the packer cannot read (Grain's own packer wrote it)
   restores the weights and restarts the data stream, with one warning line."""
-  from tests.cli_helpers import run_cli, tiny_pretrain
+  from tests.cli_helpers import START_OPTIMIZER, run_cli, tiny_pretrain
   workdir = tiny_pretrain(tiny_workdir, tmp_path / 'w')
   path = workdir / 'checkpoints' / '10' / 'data' / 'process_0-of-1.json'
   state = json.loads(path.read_text())
@@ -127,7 +127,7 @@ def test_a_checkpoint_with_an_older_data_state_resumes_its_weights(tiny_workdir,
                  'elements_from_buffer_after_checkpoint': 0}
   path.write_text(json.dumps({'shards': {s: grain_state for s in state['shards']}}))
   result = run_cli('pretrain', '--config=configs/tiny.py', f'--workdir={workdir}',
-                   '--config.train.steps=12', '--config.train.batch_size=4',
+                   *START_OPTIMIZER, '--config.train.steps=12', '--config.train.batch_size=4',
                    '--config.train.eval_every=0', '--config.checkpoint.save_every_steps=10',
                    '--config.train.peak_tflops=1')
   assert result.returncode == 0, result.stderr[-2000:]
