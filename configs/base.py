@@ -12,8 +12,8 @@ def _stage(*, steps, batch_size, learning_rate, warmup_steps, weight_decay, eval
   data.seq_len of the pretraining config when that stage runs). Every stage fine-tunes
   with AdamW, whichever optimizer pretrained the model."""
   return ml_collections.ConfigDict({
-      'train': {'optimizer': 'adamw', 'steps': steps, 'batch_size': batch_size, 'learning_rate': learning_rate,
-                'warmup_steps': warmup_steps, 'weight_decay': weight_decay,
+      'train': {'optimizer': 'adamw', 'steps': steps, 'batch_size': batch_size,
+                'learning_rate': learning_rate, 'warmup_steps': warmup_steps, 'weight_decay': weight_decay,
                 'eval_every': eval_every, 'eval_batches': eval_batches, 'log_every': log_every,
                 'microbatches': microbatches},
       'checkpoint': {'save_every_steps': save_every_steps},

@@ -28,9 +28,9 @@ def muon_dimension_numbers(params):
 
   Kernels list their input axes first: (embed, heads, head_dim) for the query, key and
   value projections, (heads, head_dim, embed) for the output projection, (embed, mlp) /
-  (mlp, embed) for the MLP. A kernel that starts with a d_model-sized axis is read as
-  embed -> the rest; any other as everything before the last axis -> the last. Leaves
-  named in _ADAM_ONLY and vectors get None (AdamW).
+  (mlp, embed) for the MLP. So a 3-axis kernel is read as its first axis -> the rest,
+  except the output projection `wo`: everything before its last axis -> the last.
+  Leaves named in _ADAM_ONLY and vectors get None (AdamW).
   """
   def rule(path, p):
     name = getattr(path[-1], 'key', None)
@@ -55,7 +55,8 @@ def make_optimizer(train):
     parts.append(contrib.muon(
         learning_rate_schedule(train, train.muon_learning_rate),
         ns_steps=train.muon_ns_steps, beta=train.muon_beta,
-        preconditioning=train.muon_preconditioning, weight_decay=train.weight_decay, weight_decay_mask=decay_mask,
+        preconditioning=train.muon_preconditioning, weight_decay=train.weight_decay,
+        weight_decay_mask=decay_mask,
         adam_learning_rate=learning_rate_schedule(train), adam_b1=train.b1,
         adam_b2=train.b2, eps=train.eps, nesterov=True,
         muon_weight_dimension_numbers=muon_dimension_numbers))

@@ -12,6 +12,7 @@ import re
 import socket
 import sys
 import threading
+import traceback
 import time
 
 from configs.errors import UserError
@@ -250,11 +251,9 @@ def install_quiet_hooks():
     """An Orbax save thread that died on the storage (connection refused, disk gone):
     Orbax logs it in one line and the main thread's save reports it as the error line,
     so its traceback would only repeat them."""
-    tb, frames = args.exc_traceback, []
-    while tb is not None:
-      frames.append(tb.tb_frame.f_code.co_filename)
-      tb = tb.tb_next
-    return isinstance(args.exc_value, OSError) and any('/orbax/' in f for f in frames)
+    return isinstance(args.exc_value, OSError) and any(
+        '/orbax/' in frame.f_code.co_filename
+        for frame, _ in traceback.walk_tb(args.exc_traceback))
 
   default_thread_hook = threading.excepthook
   threading.excepthook = lambda a: None if closed_loop(a.exc_value) or \
